@@ -1,0 +1,36 @@
+# Two entry points for users: `make demo` and `make test`. Both create and fill .venv on first use.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: venv demo test test-fast bench-train bench-serve lint clean
+
+venv: $(VENV)/.ready
+
+$(VENV)/.ready: pyproject.toml scripts/install_detectron2.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# pip 25.1+ refuses the detectron2 sdist's metadata (a direct-URL extra); see install_detectron2.py
+	$(PY) -m pip install -q 'pip==25.0.1' 'setuptools<81' wheel
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) scripts/install_detectron2.py
+	$(PY) -m pip install -q -e '.[serve,pipeline,dev]'
+	touch $@
+
+demo: venv
+	$(VENV)/bin/detector demo
+
+test: venv
+	$(PY) -m pytest
+
+test-fast: venv
+	$(PY) -m pytest -m "not slow"
+
+bench-train: venv
+	$(PY) benchmarks/train_throughput.py
+
+bench-serve: venv
+	$(PY) benchmarks/serve_latency.py
+
+clean:
+	rm -rf $(VENV) .cache

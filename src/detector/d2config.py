@@ -1,0 +1,121 @@
+"""Build the detectron2 config of a training run from the hyperparameters.
+
+Order of precedence, lowest first: the model config (a detectron2 model-zoo path such as
+``COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml``, a config shipped with this package such as
+``detector/faster_rcnn_R_18_FPN_128px.yaml``, or a yaml file path), then the hyperparameters
+(batch size, learning rate, run length), then ``opts`` (``KEY VALUE`` pairs, like detectron2's tools).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .errors import HyperparameterError
+from .hyperparameters import Hyperparameters
+
+PACKAGE_CONFIG_PREFIX = "detector/"
+PACKAGE_CONFIG_DIR = Path(__file__).parent / "configs"
+TRAIN_DATASET = "detector_training"
+TEST_DATASET = "detector_testing"
+
+
+def package_configs() -> list[str]:
+    return sorted(PACKAGE_CONFIG_PREFIX + p.name for p in PACKAGE_CONFIG_DIR.glob("*.yaml"))
+
+
+def load_model_config(model: str):
+    """The detectron2 CfgNode named by the ``model`` hyperparameter."""
+    from detectron2 import model_zoo
+    from detectron2.config import CfgNode, get_cfg
+
+    cfg = get_cfg()
+    if model.startswith(PACKAGE_CONFIG_PREFIX):
+        path = PACKAGE_CONFIG_DIR / model[len(PACKAGE_CONFIG_PREFIX):]
+        if not path.is_file():
+            raise HyperparameterError(
+                f"hyperparameter 'model'={model!r}: no such packaged config; available: {', '.join(package_configs())}"
+            )
+        overrides = yaml.safe_load(path.read_text())
+        base = overrides.pop("_BASE_")
+        cfg.merge_from_file(model_zoo.get_config_file(base))
+        cfg.merge_from_other_cfg(CfgNode(overrides))
+        return cfg
+    if Path(model).is_file():
+        cfg.merge_from_file(model)
+        return cfg
+    try:
+        cfg.merge_from_file(model_zoo.get_config_file(model))
+    except RuntimeError:
+        raise HyperparameterError(
+            f"hyperparameter 'model'={model!r} is neither a detectron2 model-zoo config "
+            f"(like COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml), a packaged config "
+            f"({', '.join(package_configs())}) nor an existing yaml file"
+        ) from None
+    if cfg.MODEL.MASK_ON or cfg.MODEL.KEYPOINT_ON:
+        raise HyperparameterError(
+            f"hyperparameter 'model'={model!r} needs masks or keypoints; this project trains box detectors"
+        )
+    return cfg
+
+
+def build_training_config(
+    params: Hyperparameters,
+    num_classes: int,
+    dataset_size: int,
+    use_gpu: bool,
+    output_dir: Path,
+):
+    """The complete, frozen config of a training run."""
+    cfg = load_model_config(params.model)
+    zoo_max_iter = cfg.SOLVER.MAX_ITER
+    zoo_steps = tuple(cfg.SOLVER.STEPS)
+
+    cfg.MODEL.DEVICE = "cuda" if use_gpu else "cpu"
+    # From-scratch training unless the config points at weights that exist on local disk: nothing can
+    # be downloaded at run time.
+    if cfg.MODEL.WEIGHTS and not Path(cfg.MODEL.WEIGHTS).is_file():
+        cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
+    cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
+    cfg.DATASETS.TRAIN = (TRAIN_DATASET,)
+    cfg.DATASETS.TEST = (TEST_DATASET,)
+    if params.batch_size is not None:
+        cfg.SOLVER.IMS_PER_BATCH = params.batch_size
+    if params.learning_rate is not None:
+        cfg.SOLVER.BASE_LR = params.learning_rate
+    max_iter = params.run_length(dataset_size, cfg.SOLVER.IMS_PER_BATCH, zoo_max_iter)
+    if max_iter != zoo_max_iter:
+        # Keep the schedule's shape: learning-rate drops at the same fractions of the run.
+        cfg.SOLVER.STEPS = tuple(max(1, round(s * max_iter / zoo_max_iter)) for s in zoo_steps)
+        cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(1, max_iter // 10))
+    cfg.SOLVER.MAX_ITER = max_iter
+    cfg.SOLVER.CHECKPOINT_PERIOD = params.checkpoint_period
+    cfg.SOLVER.AMP.ENABLED = bool(params.amp and use_gpu)
+    cfg.TEST.EVAL_PERIOD = params.eval_period
+    cfg.DATALOADER.NUM_WORKERS = params.num_workers
+    cfg.SEED = params.seed
+    cfg.OUTPUT_DIR = str(output_dir)
+    if params.opts:
+        try:
+            cfg.merge_from_list(list(params.opts))
+        except (KeyError, ValueError, AssertionError, TypeError) as e:
+            raise HyperparameterError(f"hyperparameter 'opts': {e}") from None
+    if cfg.SOLVER.MAX_ITER <= 0:
+        raise HyperparameterError(f"the run length must be positive, got SOLVER.MAX_ITER={cfg.SOLVER.MAX_ITER}")
+    cfg.freeze()
+    return cfg
+
+
+def config_from_yaml(text: str, device: str):
+    """Rebuild a saved training config for inference on ``device``."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.set_new_allowed(True)
+    cfg.merge_from_other_cfg(cfg.load_cfg(text))
+    cfg.MODEL.DEVICE = device
+    cfg.MODEL.WEIGHTS = ""
+    cfg.freeze()
+    return cfg

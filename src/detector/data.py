@@ -1,0 +1,101 @@
+"""Validated COCO channels as detectron2 datasets and data loaders."""
+
+from __future__ import annotations
+
+from .coco import CocoDataset
+from .model_dir import LabelMap
+from .sampler import ResumableBatchSampler
+
+
+def to_detectron2_dicts(dataset: CocoDataset, labels: LabelMap) -> list[dict]:
+    """detectron2's standard dataset dicts, with contiguous class indices from ``labels``."""
+    from detectron2.structures import BoxMode
+
+    index_of = {category_id: i for i, category_id in enumerate(labels.dataset_ids)}
+    grouped = dataset.annotations_by_image()
+    records = []
+    for image in dataset.images:
+        records.append(
+            {
+                "file_name": str(dataset.image_path(image)),
+                "image_id": image["id"],
+                "height": image["height"],
+                "width": image["width"],
+                "annotations": [
+                    {
+                        "bbox": list(ann["bbox"]),
+                        "bbox_mode": BoxMode.XYWH_ABS,
+                        "category_id": index_of[ann["category_id"]],
+                        "iscrowd": int(ann.get("iscrowd", 0)),
+                    }
+                    for ann in grouped[image["id"]]
+                ],
+            }
+        )
+    return records
+
+
+def register(name: str, records: list[dict], labels: LabelMap, json_file: str) -> None:
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: records)
+    MetadataCatalog.get(name).set(
+        thing_classes=labels.names,
+        thing_dataset_id_to_contiguous_id={cid: i for i, cid in enumerate(labels.dataset_ids)},
+        json_file=json_file,
+        evaluator_type="coco",
+    )
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def _worker_init(worker_id: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_train_loader(cfg, records: list[dict], rank: int, world_size: int, start_iter: int):
+    """Training batches for this rank, resuming the global batch order at ``start_iter``."""
+    import torch
+    from detectron2.data import DatasetMapper
+    from detectron2.data.common import DatasetFromList, MapDataset
+
+    sampler = ResumableBatchSampler(
+        [r["width"] >= r["height"] for r in records],
+        batch_size=cfg.SOLVER.IMS_PER_BATCH,
+        seed=cfg.SEED,
+        rank=rank,
+        world_size=world_size,
+        start_batch=start_iter,
+    )
+    dataset = MapDataset(DatasetFromList(records, copy=False), DatasetMapper(cfg, is_train=True))
+    # Augmentation randomness differs per resume, the data order does not.
+    generator = torch.Generator()
+    generator.manual_seed(cfg.SEED * 1_000_003 + start_iter * 97 + rank)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        collate_fn=_as_list,
+        worker_init_fn=_worker_init,
+        generator=generator,
+        persistent_workers=False,
+    )
+
+
+def build_test_loader(cfg, records: list[dict]):
+    """Inference over this rank's shard of ``records``, one image at a time, in original coordinates."""
+    from detectron2.data import DatasetMapper, build_detection_test_loader
+
+    return build_detection_test_loader(records, mapper=DatasetMapper(cfg, is_train=False), num_workers=cfg.DATALOADER.NUM_WORKERS)

@@ -1,0 +1,21 @@
+"""User-facing errors: anything the user can fix gets one of these, with a specific message."""
+
+
+class DetectorError(Exception):
+    """An error caused by input, configuration or environment, reported without a traceback."""
+
+
+class InputDataError(DetectorError):
+    """A data channel or annotation file is unusable."""
+
+
+class HyperparameterError(DetectorError):
+    """A hyperparameter has an unknown name or a value of the wrong type."""
+
+
+class CheckpointError(DetectorError):
+    """A checkpoint cannot be resumed from."""
+
+
+class ModelDirectoryError(DetectorError):
+    """A model directory is missing files or holds unreadable ones."""

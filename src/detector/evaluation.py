@@ -1,0 +1,144 @@
+"""COCO box metrics with pycocotools, reported as fractions in [0, 1] and never NaN."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .coco import CocoDataset
+from .model_dir import LabelMap
+
+SUMMARY_NAMES = ("ap", "ap50", "ap75", "aps", "apm", "apl")
+
+
+@dataclass
+class CocoMetrics:
+    ap: float
+    ap50: float
+    ap75: float
+    aps: float | None
+    apm: float | None
+    apl: float | None
+    per_class_ap: dict[int, float | None]
+    num_images: int
+    num_detections: int
+    # category id -> (recall thresholds, precision at IoU 0.5); for plots
+    pr_curves: dict[int, tuple[list[float], list[float]]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float | None]:
+        return {name: getattr(self, name) for name in SUMMARY_NAMES}
+
+
+def _fraction(value: float) -> float | None:
+    """pycocotools uses -1 for 'no ground truth in this bucket'; NaN never leaves this module."""
+    if value is None or not np.isfinite(value) or value < 0:
+        return None
+    return float(min(max(value, 0.0), 1.0))
+
+
+def _ground_truth(dataset: CocoDataset):
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = {
+        "images": dataset.images,
+        "annotations": [
+            {**ann, "area": ann.get("area") or ann["bbox"][2] * ann["bbox"][3], "iscrowd": ann.get("iscrowd", 0)}
+            for ann in dataset.annotations
+        ],
+        "categories": [{"id": c.id, "name": c.name} for c in dataset.categories],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def coco_box_metrics(dataset: CocoDataset, results: list[dict], labels: LabelMap) -> CocoMetrics:
+    """Metrics of ``results`` (COCO results format, dataset category ids) against ``dataset``."""
+    from pycocotools.cocoeval import COCOeval
+
+    category_ids = labels.dataset_ids
+    if not results:
+        return CocoMetrics(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, {c: 0.0 for c in category_ids}, len(dataset.images), 0)
+    gt = _ground_truth(dataset)
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(results)
+        evaluator = COCOeval(gt, dt, "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = [_fraction(v) for v in evaluator.stats[:6]]
+    # precision: [iou thresholds, recall thresholds, categories, areas, max dets]
+    precision = evaluator.eval["precision"]
+    per_class: dict[int, float | None] = {}
+    curves: dict[int, tuple[list[float], list[float]]] = {}
+    recall_thresholds = [float(r) for r in evaluator.params.recThrs]
+    for k, category_id in enumerate(evaluator.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        per_class[category_id] = _fraction(float(np.mean(p[p > -1]))) if (p > -1).any() else None
+        p50 = precision[0, :, k, 0, -1]
+        curves[category_id] = (recall_thresholds, [float(max(v, 0.0)) for v in p50])
+    return CocoMetrics(
+        ap=stats[0] or 0.0,
+        ap50=stats[1] or 0.0,
+        ap75=stats[2] or 0.0,
+        aps=stats[3],
+        apm=stats[4],
+        apl=stats[5],
+        per_class_ap=per_class,
+        num_images=len(dataset.images),
+        num_detections=len(results),
+        pr_curves=curves,
+    )
+
+
+def instances_to_coco_results(image_id: int, instances, labels: LabelMap) -> list[dict]:
+    """detectron2 Instances (original image coordinates) as COCO results with dataset category ids."""
+    if len(instances) == 0:
+        return []
+    boxes = instances.pred_boxes.tensor.detach().cpu().numpy()
+    scores = instances.scores.detach().cpu().numpy().tolist()
+    classes = instances.pred_classes.detach().cpu().numpy().tolist()
+    ids = labels.dataset_ids
+    return [
+        {
+            "image_id": image_id,
+            "category_id": ids[c],
+            "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+            "score": float(s),
+        }
+        for (x1, y1, x2, y2), s, c in zip(boxes, scores, classes)
+    ]
+
+
+def predict_dataset(model, loader, labels: LabelMap) -> list[dict]:
+    """Run ``model`` over this process's share of a test loader; gathered on rank 0 (others get [])."""
+    import torch
+    from detectron2.utils import comm
+
+    was_training = model.training
+    model.eval()
+    results: list[dict] = []
+    try:
+        with torch.no_grad():
+            for inputs in loader:
+                outputs = model(inputs)
+                for item, output in zip(inputs, outputs):
+                    results.extend(instances_to_coco_results(item["image_id"], output["instances"], labels))
+    finally:
+        model.train(was_training)
+    if comm.get_world_size() > 1:
+        gathered = comm.gather(results, dst=0)
+        results = [r for part in gathered for r in part] if comm.is_main_process() else []
+    return results
+
+
+def print_metric_lines(prefix: str, metrics: CocoMetrics, stream=None) -> None:
+    """``<prefix>_ap 0.6123`` etc.: the lines the pipeline's metric regexes capture."""
+    stream = stream or sys.stdout
+    for name in ("ap", "ap50", "ap75"):
+        print(f"{prefix}_{name} {getattr(metrics, name):.6f}", file=stream, flush=True)

@@ -1,0 +1,106 @@
+"""Start the training processes of this host: in-process for one, ``torch.distributed`` for several.
+
+World size is ``hosts x processes_per_host`` (one process per GPU by default, one on CPU). With
+several processes this process stays the parent: it forwards SIGTERM to its children, so the stop
+request reaches every rank, and exits with the worst child status. NCCL on GPU, gloo on CPU; the
+first host of ``resourceconfig.json`` is the rendezvous address.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+from datetime import timedelta
+
+from .environment import TrainingEnvironment
+from .failure import report_failure
+from .hyperparameters import Hyperparameters
+from .stop import EXIT_CODE_STOPPED, StopRequest
+from .trainer import Rank, train_process
+
+logger = logging.getLogger("detector.launch")
+
+
+def processes_per_host(env: TrainingEnvironment, params: Hyperparameters) -> int:
+    if params.processes_per_host is not None:
+        return params.processes_per_host
+    return max(env.num_gpus, 1)
+
+
+def run(env: TrainingEnvironment, params: Hyperparameters) -> int:
+    per_host = processes_per_host(env, params)
+    world_size = per_host * len(env.hosts)
+    if world_size == 1:
+        return train_process(env, params, Rank(), StopRequest().install())
+
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(target=_worker, args=(env, params, local_rank, per_host), name=f"rank-{local_rank}")
+        for local_rank in range(per_host)
+    ]
+    forwarded: list[int] = []
+
+    def forward(signum, frame):
+        forwarded.append(signum)
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    for child in children:
+        child.start()
+    for child in children:
+        child.join()
+    codes = [child.exitcode for child in children]
+    if forwarded and all(code in (0, EXIT_CODE_STOPPED, -signal.SIGTERM) for code in codes):
+        return EXIT_CODE_STOPPED
+    failed = [code for code in codes if code not in (0, None)]
+    if failed:
+        report_failure(env.failure_file, f"a training process exited with status {failed[0]}; see the job log", overwrite=False)
+        return failed[0] if failed[0] > 0 else 1
+    return 0
+
+
+def _worker(env: TrainingEnvironment, params: Hyperparameters, local_rank: int, per_host: int) -> None:
+    import sys
+
+    import torch
+    import torch.distributed as dist
+
+    stop = StopRequest().install()
+    world_size = per_host * len(env.hosts)
+    rank = env.host_rank * per_host + local_rank
+    use_gpu = env.num_gpus > 0
+    try:
+        if use_gpu:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(
+            backend="nccl" if use_gpu else "gloo",
+            init_method=f"tcp://{env.master_addr}:{env.master_port}",
+            world_size=world_size,
+            rank=rank,
+            timeout=timedelta(minutes=30),
+        )
+        _set_local_group(per_host, len(env.hosts), env.host_rank)
+        code = train_process(env, params, Rank(rank, world_size, local_rank), stop)
+    except BaseException as error:  # report, then exit non-zero; the parent collects the status
+        code = report_failure(env.failure_file, error, overwrite=False)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    sys.exit(code)
+
+
+def _set_local_group(per_host: int, num_hosts: int, host_rank: int) -> None:
+    """detectron2's comm helpers (local rank, local size) expect a per-machine process group."""
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    for host in range(num_hosts):
+        ranks = list(range(host * per_host, (host + 1) * per_host))
+        group = dist.new_group(ranks)
+        if host == host_rank:
+            comm._LOCAL_PROCESS_GROUP = group  # noqa: SLF001

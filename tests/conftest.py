@@ -1,0 +1,68 @@
+"""Shared fixtures: a synthetic dataset and a tiny model trained once per test session."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_MODEL = "detector/faster_rcnn_R_18_FPN_128px.yaml"
+
+
+def detector_env(base_dir: Path | None = None, **extra: str) -> dict[str, str]:
+    """Environment for a `detector` subprocess running this checkout's sources."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]), "PYTHONUNBUFFERED": "1"}
+    if base_dir is not None:
+        env["SAGEMAKER_BASE_DIR"] = str(base_dir)
+    env.update(extra)
+    return env
+
+
+def detector_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "detector", *args]
+
+
+def write_training_job(base_dir: Path, hyperparameters: dict, train_images: int = 24, test_images: int = 8, seed: int = 0) -> Path:
+    """A SageMaker training layout under ``base_dir`` with synthetic channels and string hyperparameters."""
+    from detector.synthetic import generate_channels
+
+    generate_channels(base_dir / "input" / "data", train_images, test_images, image_size=128, seed=seed)
+    config = base_dir / "input" / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "hyperparameters.json").write_text(json.dumps({k: str(v) for k, v in hyperparameters.items()}))
+    (config / "inputdataconfig.json").write_text(json.dumps({"training": {}, "testing": {}}))
+    return base_dir
+
+
+def tiny_hyperparameters(**overrides) -> dict[str, str]:
+    params = {
+        "model": SMALL_MODEL,
+        "max_iter": "30",
+        "batch_size": "4",
+        "checkpoint_period": "10",
+        "num_workers": "0",
+        "log_period": "5",
+        # Keep low-confidence boxes so an untrained model still answers with detections.
+        "opts": "MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.0",
+    }
+    params.update({k: str(v) for k, v in overrides.items()})
+    return params
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """Base dir of a finished tiny training job: ``model/`` plus its ``input/data`` channels."""
+    base = write_training_job(tmp_path_factory.mktemp("tiny_model"), tiny_hyperparameters())
+    result = subprocess.run(detector_command("train"), env=detector_env(base), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return base
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model: Path) -> Path:
+    return tiny_model / "model"
