@@ -88,7 +88,8 @@ def build_training_config(
     max_iter = params.run_length(dataset_size, cfg.SOLVER.IMS_PER_BATCH, zoo_max_iter)
     if max_iter != zoo_max_iter:
         # Keep the schedule's shape: learning-rate drops at the same fractions of the run.
-        cfg.SOLVER.STEPS = tuple(max(1, round(s * max_iter / zoo_max_iter)) for s in zoo_steps)
+        scaled = {max(1, round(s * max_iter / zoo_max_iter)) for s in zoo_steps}
+        cfg.SOLVER.STEPS = tuple(sorted(s for s in scaled if s < max_iter))
         cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(1, max_iter // 10))
     cfg.SOLVER.MAX_ITER = max_iter
     cfg.SOLVER.CHECKPOINT_PERIOD = params.checkpoint_period
@@ -104,6 +105,11 @@ def build_training_config(
             raise HyperparameterError(f"hyperparameter 'opts': {e}") from None
     if cfg.SOLVER.MAX_ITER <= 0:
         raise HyperparameterError(f"the run length must be positive, got SOLVER.MAX_ITER={cfg.SOLVER.MAX_ITER}")
+    if any(step >= cfg.SOLVER.MAX_ITER for step in cfg.SOLVER.STEPS):
+        raise HyperparameterError(
+            f"SOLVER.STEPS {tuple(cfg.SOLVER.STEPS)} must all be below the run length {cfg.SOLVER.MAX_ITER} "
+            "(set with max_iter / num_epochs)"
+        )
     cfg.freeze()
     return cfg
 

@@ -361,5 +361,7 @@ def configure_logging(rank: Rank) -> None:
 
 def train_process(env: TrainingEnvironment, params: Hyperparameters, rank: Rank, stop: StopRequest) -> int:
     configure_logging(rank)
-    return Training(env, params, rank, stop).run()
+    training = Training(env, params, rank, stop)
+    stop.install()
+    return training.run()
 
