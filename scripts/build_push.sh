@@ -118,7 +118,7 @@ for override in "${overrides[@]+"${overrides[@]}"}"; do
   [[ "${override}" =~ ^[A-Z][A-Z0-9_]*= ]] || die "--build-arg '${override}': expected KEY=VALUE"
   build_args+=(--build-arg "${override}")
 done
-version="$(sed -n 's/^version = "\(.*\)"$/\1/p' "${ROOT}/pyproject.toml" | head -n 1)"
+version="$(sed -n '/^version = "/{s/^version = "\(.*\)"$/\1/p;q;}' "${ROOT}/pyproject.toml")"
 revision="$(git -C "${ROOT}" rev-parse HEAD 2>/dev/null || echo unknown)"
 build_args+=(--build-arg "VERSION=${version:-0.0.0}" --build-arg "GIT_REVISION=${revision}")
 

@@ -22,7 +22,7 @@ ACCOUNT = "123456789012"
 REGION = "eu-west-1"
 REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
 TOKEN = "stand-in-ecr-password"
-SYSTEM_TOOLS = ("bash", "dirname", "sed", "head", "git")
+SYSTEM_TOOLS = ("bash", "dirname", "sed", "git")
 
 # One program for both stand-ins: it records its name, argv and stdin, then behaves as configured by
 # FAKE_* environment variables.
