@@ -18,7 +18,7 @@ $(VENV)/.ready: pyproject.toml scripts/install_detectron2.py
 	touch $@
 
 demo: venv
-	$(VENV)/bin/detector demo
+	$(VENV)/bin/detector pipeline --local
 
 test: venv
 	$(PY) -m pytest

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("train", "evaluate", "serve", "predict", "synth", "demo", "pipeline")
+COMMANDS = ("train", "evaluate", "serve", "predict", "synth", "pipeline")
 
 
 def _available() -> dict:

@@ -1,0 +1,91 @@
+"""``detector pipeline --local``: the SageMaker pipeline's steps on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "run the whole pipeline locally: data, train, evaluate, AP gate, register, deploy (no AWS, no GPU)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--local", action="store_true", required=True,
+                        help="run on this machine (the SageMaker pipeline itself is driven by `python -m pipeline`)")
+    parser.add_argument("--param", action="append", default=[], metavar="Name=Value",
+                        help="override a pipeline parameter, e.g. --param MaxIter=600 --param MinTestingAP=0.5")
+    parser.add_argument("--root", type=Path, default=Path("runs/pipeline"), help="where executions, data and the registry go")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="a folder with COCO channels training/ and testing/ (default: built-in synthetic data)")
+    parser.add_argument("--resume", action="store_true",
+                        help="rerun the newest execution in place; training resumes from its checkpoints")
+    parser.add_argument("--backend", choices=("process", "docker"), default="process",
+                        help="run each step as a process (default) or in its container image")
+    parser.add_argument("--train-image", default="detector-train:latest", help="with --backend docker")
+    parser.add_argument("--serve-image", default="detector-serve:latest", help="with --backend docker")
+    parser.add_argument("--gpus", action="store_true", help="with --backend docker: give the containers all GPUs")
+    parser.add_argument("--keep-serving", action="store_true", help="leave the endpoint running after the run")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+
+def run(args) -> int:
+    import signal
+    import sys
+    import time
+
+    from .. import pipeline_spec as spec
+    from ..errors import DetectorError
+    from ..local.backends import DockerBackend, ProcessBackend
+    from ..local.runner import LOCAL_PARAMETER_DEFAULTS, LocalRun, stop_server
+
+    try:
+        overrides = spec.parse_overrides(args.param)
+        executions = args.root / "executions"
+        if args.resume:
+            previous = sorted(p for p in executions.iterdir() if p.is_dir()) if executions.is_dir() else []
+            if not previous:
+                raise DetectorError(f"--resume: no execution under {executions} to resume")
+            execution_id = previous[-1].name
+        else:
+            execution_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        parameters = {**spec.defaults(str(args.root.resolve())), **LOCAL_PARAMETER_DEFAULTS, **overrides}
+        if args.resume:
+            saved = executions / execution_id / "parameters.json"
+            if saved.exists() and not overrides:
+                import json
+
+                parameters = json.loads(saved.read_text())
+        if args.backend == "docker":
+            backend = DockerBackend(args.train_image, args.serve_image, gpus=args.gpus)
+            backend.check()
+        else:
+            backend = ProcessBackend()
+        local_run = LocalRun(
+            root=args.root,
+            parameters=parameters,
+            execution_id=execution_id,
+            backend=backend,
+            data_dir=args.data,
+            keep_serving=args.keep_serving,
+            progress=not args.no_progress and sys.stderr.isatty(),
+        )
+    except DetectorError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        code = local_run.run()
+    except KeyboardInterrupt:
+        print(
+            f"Interrupted. Steps stop like a Spot reclaim (training saves a checkpoint); "
+            f"continue with: detector pipeline --local --root {args.root} --resume",
+            file=sys.stderr,
+        )
+        return 130
+    if code == 0 and args.keep_serving and local_run.server is not None:
+        try:
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        finally:
+            stop_server(local_run.server)
+    return code

@@ -1,0 +1,1 @@
+"""The SageMaker pipeline's steps run on one machine: ``detector pipeline --local``."""

@@ -1,0 +1,341 @@
+"""Run the pipeline's steps on this machine, in the pipeline's order, each as its own process.
+
+data → Train (``detector train``) → Evaluate (``detector evaluate``) → CheckTestingAP → Register
+(local model registry) → Deploy (``detector serve`` on a local port, one real request).
+
+Every step gets its own ``/opt/ml`` folder under ``<root>/executions/<id>/`` exactly as its container
+would. Training checkpoints live in ``<root>/executions/<id>/train/checkpoints``: ``--resume``
+reruns the newest execution in place, which resumes training from its checkpoints like a Spot restart.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .. import pipeline_spec as spec
+from ..errors import DetectorError
+from ..synthetic import generate_channels
+from .progress import TrainingProgress
+from .registry import LocalModelRegistry, ModelPackage
+
+MODEL_PACKAGE_GROUP = "detector"
+
+# The SageMaker defaults train R50-FPN for 90k iterations on a GPU. On a CPU the local run trains the
+# small packaged model instead; every other parameter keeps the pipeline's default.
+LOCAL_PARAMETER_DEFAULTS: dict[str, spec.Value] = {"MaxIter": 1000, "LearningRate": 0.04, "MinTestingAP": 0.6}
+LOCAL_HYPERPARAMETERS = {
+    "model": "detector/faster_rcnn_R_18_FPN_128px.yaml",
+    "batch_size": "8",
+    "checkpoint_period": "100",
+    "num_workers": "1",
+    "log_period": "10",
+}
+DEMO_DATA = {"train_images": 256, "test_images": 64, "image_size": 256, "seed": 0}
+
+
+class PipelineFailed(DetectorError):
+    """A step failed, or the gate stopped the run; the message says which and why."""
+
+
+@dataclass
+class StepRecord:
+    name: str
+    status: str = "pending"
+    seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class LocalRun:
+    root: Path
+    parameters: dict[str, spec.Value]
+    execution_id: str
+    backend: object
+    data_dir: Path | None = None
+    keep_serving: bool = False
+    progress: bool = True
+    hyperparameters: dict[str, str] = field(default_factory=lambda: dict(LOCAL_HYPERPARAMETERS))
+    log: Callable[[str], None] = print
+    steps: list[StepRecord] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    package: ModelPackage | None = None
+    endpoint_url: str | None = None
+    server: subprocess.Popen | None = None
+
+    @property
+    def execution_dir(self) -> Path:
+        return self.root / "executions" / self.execution_id
+
+    def step_dir(self, name: str) -> Path:
+        return self.execution_dir / name.lower()
+
+    # -- orchestration ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.execution_dir.mkdir(parents=True, exist_ok=True)
+        (self.execution_dir / "parameters.json").write_text(json.dumps(self.parameters, indent=2, sort_keys=True))
+        self.log(f"Execution {self.execution_id} in {self.execution_dir} ({self.backend.name} backend)")
+        try:
+            channels = self._step("Data", self.prepare_data)
+            model_archive = self._step(spec.STEP_TRAIN, lambda: self.train(channels))
+            evaluation = self._step(spec.STEP_EVALUATE, lambda: self.evaluate(model_archive, channels["testing"]))
+            self._step(spec.STEP_CHECK, lambda: self.check(evaluation))
+            self.package = self._step(spec.STEP_REGISTER, lambda: self.register(model_archive, evaluation))
+            self._step(spec.STEP_DEPLOY, lambda: self.deploy(self.package, channels["testing"]))
+        except PipelineFailed as failure:
+            self.summary()
+            self.log(f"Pipeline failed: {failure}")
+            return 1
+        finally:
+            if self.server is not None and not self.keep_serving:
+                stop_server(self.server)
+        self.summary()
+        return 0
+
+    def _step(self, name: str, action):
+        record = StepRecord(name, "running")
+        self.steps.append(record)
+        self.log(f"[{name}]")
+        started = time.monotonic()
+        try:
+            result = action()
+            record.status = "succeeded"
+            return result
+        except PipelineFailed as e:
+            record.status, record.detail = "failed", str(e)
+            raise
+        except DetectorError as e:
+            record.status, record.detail = "failed", str(e)
+            raise PipelineFailed(f"step {name}: {e}") from e
+        finally:
+            record.seconds = time.monotonic() - started
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def prepare_data(self) -> dict[str, Path]:
+        if self.data_dir is not None:
+            channels = {name: self.data_dir / name for name in (spec.TRAINING_CHANNEL, spec.TESTING_CHANNEL)}
+            missing = [str(p) for p in channels.values() if not p.is_dir()]
+            if missing:
+                raise PipelineFailed(f"--data {self.data_dir}: expected channel folders {', '.join(missing)}")
+            self.log(f"  channels from {self.data_dir}")
+            return channels
+        data = self.root / "demo-data"
+        if not (data / "testing" / "annotations.json").exists():
+            generate_channels(data, DEMO_DATA["train_images"], DEMO_DATA["test_images"], DEMO_DATA["image_size"], DEMO_DATA["seed"])
+            self.log(f"  generated synthetic channels in {data}")
+        else:
+            self.log(f"  synthetic channels in {data}")
+        return {"training": data / "training", "testing": data / "testing"}
+
+    def training_hyperparameters(self) -> dict[str, str]:
+        hyperparameters = dict(self.hyperparameters)
+        for parameter in spec.PARAMETERS:
+            if parameter.hyperparameter:
+                hyperparameters[parameter.hyperparameter] = str(self.parameters[parameter.name])
+        return hyperparameters
+
+    def train(self, channels: dict[str, Path]) -> Path:
+        base = self.step_dir(spec.STEP_TRAIN)
+        for name, source in channels.items():
+            target = base / "input" / "data" / name
+            if not target.exists():
+                shutil.copytree(source, target)
+        config = base / "input" / "config"
+        config.mkdir(parents=True, exist_ok=True)
+        (config / "hyperparameters.json").write_text(json.dumps(self.training_hyperparameters(), indent=2, sort_keys=True))
+        (config / "inputdataconfig.json").write_text(json.dumps({name: {"TrainingInputMode": "File"} for name in channels}))
+        (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
+        shutil.rmtree(base / "model", ignore_errors=True)
+        (base / "output" / "failure").unlink(missing_ok=True)
+        checkpoints = sorted((base / "checkpoints").glob("checkpoint_*.pth")) if (base / "checkpoints").exists() else []
+        if checkpoints:
+            self.log(f"  resuming from {checkpoints[-1].name} (like a Spot restart)")
+
+        progress = TrainingProgress(sys.stderr, enabled=self.progress)
+        code = self._run_logged(["train"], base, base / "train.log", progress.line)
+        progress.close()
+        if code != 0:
+            reason = _read_reason(base / "output" / "failure") or f"exit status {code}"
+            raise PipelineFailed(f"step {spec.STEP_TRAIN} failed: {reason} (log: {base / 'train.log'})")
+        self.metrics.update(progress.metrics)
+        for name in ("training_ap", "testing_ap"):
+            if name in progress.metrics:
+                self.log(f"  {name} {progress.metrics[name]:.4f}")
+        archive = self.execution_dir / "artifacts" / "model.tar.gz"
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive, "w:gz") as tar:  # what SageMaker uploads from /opt/ml/model
+            for path in sorted((base / "model").iterdir()):
+                tar.add(path, arcname=path.name)
+        self.log(f"  model artifact {archive}")
+        return archive
+
+    def evaluate(self, model_archive: Path, testing: Path) -> dict:
+        base = self.step_dir(spec.STEP_EVALUATE)
+        shutil.rmtree(base, ignore_errors=True)
+        model_input = base / "processing" / "model"
+        model_input.mkdir(parents=True)
+        shutil.copyfile(model_archive, model_input / "model.tar.gz")
+        shutil.copytree(testing, base / "processing" / "test")
+        code = self._run_logged(["evaluate"], base, base / "evaluate.log")
+        if code != 0:
+            reason = _read_reason(base / "output" / "message") or f"exit status {code}"
+            raise PipelineFailed(f"step {spec.STEP_EVALUATE} failed: {reason} (log: {base / 'evaluate.log'})")
+        path = base / "processing" / spec.EVALUATION_OUTPUT / spec.EVALUATION_FILE
+        evaluation = json.loads(path.read_text())
+        self.log(f"  {path}")
+        return {"path": path, "report": evaluation}
+
+    def check(self, evaluation: dict) -> None:
+        testing_ap = json_get(evaluation["report"], spec.TESTING_AP_PATH)
+        threshold = float(self.parameters["MinTestingAP"])
+        self.metrics["evaluation_testing_ap"] = testing_ap
+        self.log(f"  testing_ap {testing_ap:.4f} >= MinTestingAP {threshold:g}?")
+        if not testing_ap >= threshold:
+            raise PipelineFailed(f"step {spec.STEP_FAIL}: {spec.fail_message(testing_ap, threshold)}")
+
+    def register(self, model_archive: Path, evaluation: dict) -> ModelPackage:
+        registry = LocalModelRegistry(self.root / "registry")
+        package = registry.register(
+            MODEL_PACKAGE_GROUP,
+            model_archive,
+            evaluation["path"],
+            approval_status=str(self.parameters["ModelApprovalStatus"]),
+            content_types=list(spec.CONTENT_TYPES),
+            response_types=list(spec.RESPONSE_TYPES),
+            source=f"execution {self.execution_id}",
+        )
+        self.log(f"  model package {package.arn} ({package.approval_status}) in {package.directory}")
+        return package
+
+    def deploy(self, package: ModelPackage, testing: Path) -> None:
+        if package.approval_status != "Approved":
+            self.log(f"  not deployed: the package is {package.approval_status} (the deploy step only deploys Approved packages)")
+            return
+        base = self.step_dir(spec.STEP_DEPLOY)
+        shutil.rmtree(base, ignore_errors=True)
+        model_dir = base / "model"
+        model_dir.mkdir(parents=True)
+        with tarfile.open(package.model_archive) as tar:
+            tar.extractall(model_dir, filter="data")
+        port = free_port()
+        log_file = open(base / "serve.log", "w")
+        env = self.backend.environment(base, {"SAGEMAKER_BIND_TO_PORT": str(port), "SAGEMAKER_MODEL_SERVER_WORKERS": "1"})
+        self.server = subprocess.Popen(
+            self.backend.command(base, ["serve"], port=port), env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, self.server, timeout=120, log=base / "serve.log")
+        self.endpoint_url = url
+        image = sorted((testing / "images").glob("*"))[0]
+        request = urllib.request.Request(
+            f"{url}/invocations", data=image.read_bytes(), headers={"Content-Type": "image/png", "Accept": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+        detections = answer.get("detections", [])
+        best = ", ".join(f"{d['label']} {d['score']:.2f}" for d in detections[:3]) or "nothing"
+        self.log(f"  endpoint {url}/invocations answered {len(detections)} detections for {image.name} ({best})")
+        self.metrics["deploy_detections"] = len(detections)
+        (base / "response.json").write_text(json.dumps(answer, indent=2))
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _run_logged(self, args: list[str], base: Path, log_path: Path, on_line=None) -> int:
+        with open(log_path, "a") as log:
+            process = subprocess.Popen(
+                self.backend.command(base, args), env=self.backend.environment(base), stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True,
+            )
+            try:
+                for line in process.stdout:
+                    log.write(line)
+                    if on_line is not None:
+                        on_line(line)
+                return process.wait()
+            except BaseException:
+                process.terminate()  # Ctrl-C: the step checkpoints and stops like a Spot reclaim
+                process.wait(120)
+                raise
+
+    def summary(self) -> None:
+        self.log("")
+        self.log(f"Summary of execution {self.execution_id}")
+        for record in self.steps:
+            self.log(f"  {record.name:<16} {record.status:<10} {record.seconds:7.1f} s")
+        for name in ("training_ap", "testing_ap", "evaluation_testing_ap"):
+            if name in self.metrics:
+                self.log(f"  {name:<22} {self.metrics[name]:.4f}")
+        if self.package is not None:
+            self.log(f"  model package          {self.package.arn} ({self.package.approval_status})")
+        if self.endpoint_url:
+            state = "serving (Ctrl-C to stop)" if self.keep_serving else "stopped"
+            self.log(f"  endpoint               {self.endpoint_url}/invocations ({state})")
+        self.log(f"  total                  {sum(r.seconds for r in self.steps):.1f} s")
+
+
+def json_get(document: dict, path: str) -> float:
+    """What the pipeline's ``JsonGet(property_file, json_path)`` reads."""
+    value = document
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise PipelineFailed(f"evaluation.json has no '{path}'")
+        value = value[key]
+    return float(value)
+
+
+def _read_reason(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, server: subprocess.Popen, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            tail = log.read_text()[-1500:] if log.exists() else ""
+            raise PipelineFailed(f"step {spec.STEP_DEPLOY}: detector serve exited with status {server.returncode}:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        time.sleep(0.25)
+    raise PipelineFailed(f"step {spec.STEP_DEPLOY}: no healthy /ping within {timeout:.0f} s (log: {log})")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    import os
+    import signal
+
+    if server.poll() is None:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

@@ -1,0 +1,101 @@
+"""`detector pipeline --local` end to end: real train, evaluate, registry and serve processes."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import detector_command, detector_env
+from detector.synthetic import generate_channels
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--param", "MaxIter=12", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("channels")
+    generate_channels(root, train_images=16, test_images=6, image_size=128, seed=3)
+    return root
+
+
+def pipeline(root: Path, data: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        detector_command("pipeline", "--local", "--root", str(root), "--data", str(data), *args),
+        env=detector_env(), capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def the_execution(root: Path) -> Path:
+    executions = sorted((root / "executions").iterdir())
+    assert len(executions) == 1
+    return executions[0]
+
+
+def test_runs_every_step_and_serves_the_registered_model(tmp_path, data):
+    result = pipeline(tmp_path, data, *SMALL, "--param", "MinTestingAP=0")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    execution = the_execution(tmp_path)
+    assert (execution / "train" / "model" / "model_final.pth").exists()
+    assert (execution / "train" / "checkpoints" / "checkpoint_00000012.pth").exists()
+    assert (execution / "artifacts" / "model.tar.gz").exists()
+    evaluation = json.loads((execution / "evaluate" / "processing" / "evaluation" / "evaluation.json").read_text())
+    testing_ap = evaluation["metrics"]["testing_ap"]["value"]
+    assert 0.0 <= testing_ap <= 1.0
+    assert (execution / "evaluate" / "processing" / "evaluation" / "evaluation.png").exists()
+
+    package = json.loads((tmp_path / "registry" / "detector" / "1" / "package.json").read_text())
+    assert package["ModelApprovalStatus"] == "Approved"
+    assert package["Metrics"]["testing_ap"]["value"] == testing_ap
+    response = json.loads((execution / "deploy" / "response.json").read_text())
+    assert set(response) >= {"detections", "image"}
+    assert {d["category_id"] for d in response["detections"]} <= {3, 7, 12}
+
+    for step in ("Data", "Train", "Evaluate", "CheckTestingAP", "Register", "Deploy"):
+        assert re.search(rf"^  {step}\s+succeeded\s+[0-9.]+ s$", result.stdout, re.M), step
+    assert "local:model-package/detector/1 (Approved)" in result.stdout
+    assert re.search(r"testing_ap\s+[0-9.]+", result.stdout)
+
+
+def test_low_ap_stops_at_the_gate_and_registers_nothing(tmp_path, data):
+    result = pipeline(tmp_path, data, *SMALL, "--param", "MinTestingAP=1.0")
+    assert result.returncode == 1
+    assert re.search(r"Model not registered: testing_ap [0-9.]+ is below MinTestingAP 1", result.stdout)
+    assert re.search(r"^  CheckTestingAP\s+failed", result.stdout, re.M)
+    assert not (tmp_path / "registry").exists()
+    assert not (the_execution(tmp_path) / "deploy").exists()
+
+
+def test_an_interrupted_run_resumes_training_from_its_checkpoints(tmp_path, data):
+    args = detector_command("pipeline", "--local", "--root", str(tmp_path), "--data", str(data), "--no-progress",
+                            "--param", "MaxIter=40", "--param", "MinTestingAP=0")
+    runner = subprocess.Popen(args, env=detector_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    checkpoints = None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and runner.poll() is None:
+        found = list(tmp_path.glob("executions/*/train/checkpoints/checkpoint_*.pth"))
+        if found:
+            checkpoints = found[0].parent
+            break
+        time.sleep(0.2)
+    assert checkpoints is not None, runner.communicate()[0][-3000:]
+    runner.send_signal(signal.SIGTERM)
+    output = runner.communicate(timeout=120)[0]
+    assert runner.returncode != 0
+    saved = sorted(p.name for p in checkpoints.glob("checkpoint_*.pth"))
+    assert saved and saved[-1] != "checkpoint_00000040.pth", output[-3000:]
+    assert not list(tmp_path.glob("executions/*/train/model/model_final.pth"))
+
+    resumed = pipeline(tmp_path, data, "--resume", "--no-progress")
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
+    assert f"resuming from {saved[-1]}" in resumed.stdout
+    train_log = (the_execution(tmp_path) / "train" / "train.log").read_text()
+    iteration = int(saved[-1][len("checkpoint_"):-len(".pth")])
+    assert f"at iteration {iteration} of 40" in train_log
