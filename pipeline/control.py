@@ -32,7 +32,9 @@ def _pipeline_exists(client, name: str) -> bool:
         client.describe_pipeline(PipelineName=name)
         return True
     except ClientError as e:
-        if e.response.get("Error", {}).get("Code") == "ResourceNotFound":
+        error = e.response.get("Error", {})
+        # SageMaker answers ResourceNotFound; some emulators a ValidationException.
+        if error.get("Code") == "ResourceNotFound" or "Could not find pipeline" in error.get("Message", ""):
             return False
         raise
 
