@@ -148,7 +148,10 @@ def run(args) -> int:
 
         settings = _settings(args)
         definition = pipeline_definition(settings)
-        action, arn = control.upsert_pipeline(_client("sagemaker", args.region), args.name, definition, settings.role, args.description)
+        client = _client("sagemaker", args.region)
+        if control.ensure_model_package_group(client, settings.model_package_group):
+            print(f"created model package group {settings.model_package_group}")
+        action, arn = control.upsert_pipeline(client, args.name, definition, settings.role, args.description)
         print(f"{action} {arn}")
     elif args.command == "start":
         from detector.pipeline_spec import parse_overrides

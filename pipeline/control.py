@@ -39,6 +39,21 @@ def _pipeline_exists(client, name: str) -> bool:
         raise
 
 
+def ensure_model_package_group(client, name: str) -> bool:
+    """Create the group the Register step writes to, unless it exists; True when created."""
+    try:
+        client.describe_model_package_group(ModelPackageGroupName=name)
+        return False
+    except ClientError as e:
+        error = e.response.get("Error", {})
+        if error.get("Code") not in ("ValidationException", "ResourceNotFound") or "does not exist" not in error.get("Message", ""):
+            raise
+    client.create_model_package_group(
+        ModelPackageGroupName=name, ModelPackageGroupDescription="Detectron2 detectors registered by the detector pipeline"
+    )
+    return True
+
+
 def start_execution(client, name: str, overrides: dict[str, Value], display_name: str | None = None) -> str:
     request = {
         "PipelineName": name,

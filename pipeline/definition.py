@@ -237,6 +237,7 @@ def _build(settings: PipelineSettings):
         parameters=list(params.values()),
         steps=[train, evaluate, check],
         sagemaker_session=session,
+        pipeline_experiment_config=None,  # no SageMaker Experiments: fewer permissions for the role
     )
 
 

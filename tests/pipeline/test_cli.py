@@ -27,13 +27,16 @@ def aws(monkeypatch):
 
 def test_upsert_creates_then_updates_the_pipeline(aws, capsys):
     assert main(["upsert", *example.CLI_ARGS]) == 0
-    action, arn = capsys.readouterr().out.split()
+    group_line, pipeline_line = capsys.readouterr().out.splitlines()
+    assert group_line == "created model package group detector"
+    assert aws.describe_model_package_group(ModelPackageGroupName="detector")["ModelPackageGroupName"] == "detector"
+    action, arn = pipeline_line.split()
     assert action == "created" and arn.endswith(":pipeline/detector")
     stored = json.loads(aws.describe_pipeline(PipelineName="detector")["PipelineDefinition"])
     assert [s["Name"] for s in stored["Steps"]] == ["Train", "Evaluate", "CheckTestingAP"]
 
     assert main(["upsert", *example.CLI_ARGS, "--max-run", "3600", "--max-wait", "7200"]) == 0
-    assert capsys.readouterr().out.split()[0] == "updated"
+    assert capsys.readouterr().out.split() == ["updated", arn]
     stored = json.loads(aws.describe_pipeline(PipelineName="detector")["PipelineDefinition"])
     assert stored["Steps"][0]["Arguments"]["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
     assert len(aws.list_pipelines()["PipelineSummaries"]) == 1
