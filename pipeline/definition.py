@@ -1,0 +1,248 @@
+"""Build the SageMaker Pipeline (SDK v3) fully offline.
+
+Train (managed Spot, checkpoints per execution) -> Evaluate (``detector evaluate`` in the training image)
+-> CheckTestingAP (``metrics.testing_ap.value`` >= MinTestingAP) -> Register (serving image) -> Deploy
+(Lambda), or TestingAPTooLow (Fail) when the gate does not pass.
+
+The SDK is imported and driven with a session holding placeholder credentials, role validation and
+telemetry off, and every S3 location explicit, so building the definition sends nothing anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+from detector import pipeline_spec as spec
+from detector.environment import ProcessingEnvironment
+
+from .settings import PipelineSettings
+
+SDK_CONFIG = Path(__file__).with_name("sdk_config.yaml")
+CONTAINER_ROOT = Path("/opt/ml")  # what SageMaker mounts in every container
+_OFFLINE_ENV = {
+    "SAGEMAKER_VALIDATE_ROLE": "false",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    **{
+        name: str(SDK_CONFIG)
+        for name in (
+            "SAGEMAKER_USER_CONFIG_OVERRIDE",
+            "SAGEMAKER_ADMIN_CONFIG_OVERRIDE",
+            "SAGEMAKER_CORE_USER_CONFIG_OVERRIDE",
+            "SAGEMAKER_CORE_ADMIN_CONFIG_OVERRIDE",
+        )
+    },
+}
+
+
+@contextlib.contextmanager
+def _offline_sdk(region: str) -> Iterator[None]:
+    """Environment under which importing and driving the SDK makes no network call; restored afterwards."""
+    changes = {**_OFFLINE_ENV, "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION") or region}
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    # The SDK explains at INFO/WARNING level what it leaves out of a pipeline definition; not useful here.
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def get_pipeline(settings: PipelineSettings):
+    """The ``sagemaker.mlops.workflow.pipeline.Pipeline`` for ``settings``; ``.definition()`` gives the JSON."""
+    with _offline_sdk(settings.region):
+        return _build(settings)
+
+
+def pipeline_definition(settings: PipelineSettings) -> str:
+    with _offline_sdk(settings.region):
+        return _build(settings).definition()
+
+
+def _build(settings: PipelineSettings):
+    import boto3
+    from sagemaker.core.lambda_helper import Lambda
+    from sagemaker.core.processing import Processor
+    from sagemaker.core.shapes import (
+        MetricDefinition,
+        MetricsSource,
+        ModelMetrics,
+        ModelQuality,
+        ProcessingInput,
+        ProcessingOutput,
+        ProcessingS3Input,
+        ProcessingS3Output,
+    )
+    from sagemaker.core.training.configs import CheckpointConfig, Compute, InputData, OutputDataConfig, StoppingCondition
+    from sagemaker.core.workflow.conditions import ConditionGreaterThanOrEqualTo
+    from sagemaker.core.workflow.execution_variables import ExecutionVariables
+    from sagemaker.core.workflow.functions import Join, JsonGet
+    from sagemaker.core.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
+    from sagemaker.core.workflow.pipeline_context import PipelineSession
+    from sagemaker.core.workflow.properties import PropertyFile
+    from sagemaker.mlops.workflow.condition_step import ConditionStep
+    from sagemaker.mlops.workflow.fail_step import FailStep
+    from sagemaker.mlops.workflow.lambda_step import LambdaOutput, LambdaOutputTypeEnum, LambdaStep
+    from sagemaker.mlops.workflow.model_step import ModelStep
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.mlops.workflow.steps import ProcessingStep, TrainingStep
+    from sagemaker.serve.model_builder import ModelBuilder
+    from sagemaker.train.model_trainer import ModelTrainer
+
+    # Placeholder credentials: nothing built here may reach AWS (upsert/start use the caller's own session).
+    boto_session = boto3.Session(aws_access_key_id="offline", aws_secret_access_key="offline", region_name=settings.region)
+    session = PipelineSession(boto_session=boto_session, default_bucket=settings.bucket)
+    root = settings.root
+    execution_id = ExecutionVariables.PIPELINE_EXECUTION_ID
+
+    kinds = {spec.STRING: ParameterString, spec.INTEGER: ParameterInteger, spec.FLOAT: ParameterFloat}
+    params = {p.name: kinds[p.type](name=p.name, default_value=p.default_for(root)) for p in spec.PARAMETERS}
+
+    hyperparameters = dict(settings.hyperparameters)
+    for p in spec.PARAMETERS:
+        if p.hyperparameter:
+            hyperparameters[p.hyperparameter] = params[p.name].to_string()  # the API takes strings only
+    trainer = ModelTrainer(
+        training_image=settings.train_image,
+        role=settings.role,
+        sagemaker_session=session,
+        base_job_name=f"{settings.pipeline_name}-train",
+        compute=Compute(
+            instance_type=params["TrainingInstanceType"],
+            instance_count=params["TrainingInstanceCount"],
+            volume_size_in_gb=settings.training_volume_gb,
+            enable_managed_spot_training=True,
+        ),
+        stopping_condition=StoppingCondition(
+            max_runtime_in_seconds=settings.max_run_s, max_wait_time_in_seconds=settings.max_wait_s
+        ),
+        checkpoint_config=CheckpointConfig(
+            s3_uri=Join(on="/", values=[params["s3Path"], execution_id]), local_path=str(CONTAINER_ROOT / "checkpoints")
+        ),
+        output_data_config=OutputDataConfig(s3_output_path=f"{root}/models"),
+        hyperparameters=hyperparameters,
+    ).with_metric_definitions([MetricDefinition(name=name, regex=regex) for name, regex in spec.METRIC_DEFINITIONS])
+    train = TrainingStep(
+        name=spec.STEP_TRAIN,
+        step_args=trainer.train(
+            input_data_config=[
+                InputData(channel_name=spec.TRAINING_CHANNEL, data_source=params["TrainingData"]),
+                InputData(channel_name=spec.TESTING_CHANNEL, data_source=params["TestingData"]),
+            ]
+        ),
+    )
+    model_artifact = train.properties.ModelArtifacts.S3ModelArtifacts
+
+    paths = ProcessingEnvironment(CONTAINER_ROOT)
+    evaluator = Processor(
+        role=settings.role,
+        image_uri=settings.train_image,
+        instance_count=1,
+        instance_type=params["EvaluationInstanceType"],
+        entrypoint=["detector", "evaluate"],  # baked into the training image: no code upload
+        max_runtime_in_seconds=settings.evaluation_max_run_s,
+        base_job_name=f"{settings.pipeline_name}-evaluate",
+        sagemaker_session=session,
+    )
+    report = PropertyFile(name="EvaluationReport", output_name=spec.EVALUATION_OUTPUT, path=spec.EVALUATION_FILE)
+    evaluation_uri = Join(on="/", values=[f"{root}/evaluation", execution_id])
+    evaluate = ProcessingStep(
+        name=spec.STEP_EVALUATE,
+        step_args=evaluator.run(
+            inputs=[
+                _s3_input(ProcessingInput, ProcessingS3Input, "model", model_artifact, paths.model_input),
+                _s3_input(ProcessingInput, ProcessingS3Input, "test", params["TestingData"], paths.test_input),
+            ],
+            outputs=[
+                ProcessingOutput(
+                    output_name=spec.EVALUATION_OUTPUT,
+                    s3_output=ProcessingS3Output(
+                        s3_uri=evaluation_uri, local_path=str(paths.evaluation_output), s3_upload_mode="EndOfJob"
+                    ),
+                )
+            ],
+        ),
+        property_files=[report],
+    )
+    testing_ap = JsonGet(step_name=evaluate.name, property_file=report, json_path=spec.TESTING_AP_PATH)
+
+    builder = ModelBuilder(
+        image_uri=settings.serve_image,
+        s3_model_data_url=model_artifact,
+        role_arn=settings.role,
+        sagemaker_session=session,
+        dependencies=None,
+    )
+    register = ModelStep(
+        name=spec.STEP_REGISTER,
+        step_args=builder.register(
+            model_package_group_name=settings.model_package_group,
+            content_types=list(spec.CONTENT_TYPES),
+            response_types=list(spec.RESPONSE_TYPES),
+            inference_instances=[params["EndpointInstanceType"]],
+            model_metrics=ModelMetrics(
+                model_quality=ModelQuality(
+                    statistics=MetricsSource(
+                        content_type="application/json",
+                        s3_uri=Join(on="/", values=[evaluation_uri, spec.EVALUATION_FILE]),
+                    )
+                )
+            ),
+            approval_status=params["ModelApprovalStatus"],
+            description="Detectron2 detector trained and evaluated by the detector pipeline",
+        ),
+    )
+    deploy = LambdaStep(
+        name=spec.STEP_DEPLOY,
+        lambda_func=Lambda(function_arn=settings.deploy_lambda_arn, session=session),
+        inputs={
+            "model_package_arn": register.properties.ModelPackageArn,
+            "endpoint_name": params["EndpointName"],
+            "instance_type": params["EndpointInstanceType"],
+            "instance_count": 1,
+            "role_arn": settings.role,
+        },
+        outputs=[
+            LambdaOutput(output_name="EndpointName", output_type=LambdaOutputTypeEnum.String),
+            LambdaOutput(output_name="Action", output_type=LambdaOutputTypeEnum.String),
+        ],
+    )
+    too_low = FailStep(
+        name=spec.STEP_FAIL,
+        error_message=Join(
+            on=" ",
+            values=["Model not registered: testing_ap", testing_ap, "is below MinTestingAP", params["MinTestingAP"]],
+        ),
+    )
+    check = ConditionStep(
+        name=spec.STEP_CHECK,
+        conditions=[ConditionGreaterThanOrEqualTo(left=testing_ap, right=params["MinTestingAP"])],
+        if_steps=[register, deploy],
+        else_steps=[too_low],
+    )
+    return Pipeline(
+        name=settings.pipeline_name,
+        parameters=list(params.values()),
+        steps=[train, evaluate, check],
+        sagemaker_session=session,
+        pipeline_experiment_config=None,  # no SageMaker Experiments: fewer permissions for the role
+    )
+
+
+def _s3_input(input_cls, s3_cls, name: str, s3_uri, local_path: Path):
+    return input_cls(
+        input_name=name,
+        s3_input=s3_cls(s3_uri=s3_uri, local_path=str(local_path), s3_data_type="S3Prefix", s3_input_mode="File"),
+    )

@@ -1,0 +1,226 @@
+"""The pipeline definition: built offline, with the structure the issue asks for, and stable."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import network_guard
+import settings_example as example
+from conftest import REPO
+from detector import pipeline_spec as spec
+from pipeline.settings import PipelineConfigError
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "definition.json"
+ROOT = f"s3://{example.BUCKET}/detector"
+EXECUTION_ID = {"Get": "Execution.PipelineExecutionId"}
+AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION")
+
+
+@pytest.fixture(scope="module")
+def definition() -> dict:
+    """Built in-process with every socket blocked; any attempt fails the test."""
+    attempts: list = []
+    originals = network_guard.install(attempts)
+    try:
+        from pipeline.definition import pipeline_definition
+
+        text = pipeline_definition(example.settings())
+    finally:
+        network_guard.uninstall(originals)
+    assert attempts == []
+    return json.loads(text)
+
+
+def steps_by_name(definition: dict) -> dict:
+    found = {}
+    for step in definition["Steps"]:
+        found[step["Name"]] = step
+        for branch in ("IfSteps", "ElseSteps"):
+            for inner in step.get("Arguments", {}).get(branch, []):
+                found[inner["Name"]] = inner
+    return found
+
+
+def test_cli_prints_the_definition_without_credentials_or_network(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in AWS_VARIABLES}
+    env.update(
+        HOME=str(tmp_path),  # no ~/.aws, no ~/.config/sagemaker
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        NETWORK_ATTEMPTS_FILE=str(tmp_path / "attempts.txt"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO), str(Path(__file__).parent)]),
+    )
+    program = "import network_guard, runpy; network_guard.install([]); runpy.run_module('pipeline', run_name='__main__')"
+    result = subprocess.run(
+        [sys.executable, "-c", program, "definition", *example.CLI_ARGS],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert not (tmp_path / "attempts.txt").exists(), (tmp_path / "attempts.txt").read_text()
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = json.loads(result.stdout)
+    assert [s["Name"] for s in printed["Steps"]] == [spec.STEP_TRAIN, spec.STEP_EVALUATE, spec.STEP_CHECK]
+
+
+def test_matches_the_snapshot(definition):
+    """Any change to the definition shows up here; refresh with UPDATE_SNAPSHOTS=1 after reviewing it."""
+    rendered = json.dumps(definition, indent=2, sort_keys=True) + "\n"
+    if os.environ.get("UPDATE_SNAPSHOTS"):
+        SNAPSHOT.parent.mkdir(exist_ok=True)
+        SNAPSHOT.write_text(rendered)
+    assert rendered == SNAPSHOT.read_text()
+
+
+def test_rebuilds_identically_apart_from_added_static_hyperparameters(definition):
+    from pipeline.definition import pipeline_definition
+
+    model = "detector/faster_rcnn_R_18_FPN_128px.yaml"
+    rebuilt = json.loads(pipeline_definition(example.settings(hyperparameters={"model": model})))
+    assert rebuilt["Steps"][0]["Arguments"]["HyperParameters"].pop("model") == model
+    assert rebuilt == definition
+
+
+def test_parameters_come_from_the_spec(definition):
+    assert definition["Parameters"] == [
+        {"Name": p.name, "Type": p.type, "DefaultValue": p.default_for(ROOT)} for p in spec.PARAMETERS
+    ]
+
+
+def test_steps_types_and_order(definition):
+    assert [(s["Name"], s["Type"]) for s in definition["Steps"]] == [
+        (spec.STEP_TRAIN, "Training"), (spec.STEP_EVALUATE, "Processing"), (spec.STEP_CHECK, "Condition"),
+    ]
+    check = definition["Steps"][2]["Arguments"]
+    assert [(s["Name"], s["Type"]) for s in check["IfSteps"]] == [(spec.STEP_REGISTER, "RegisterModel"), (spec.STEP_DEPLOY, "Lambda")]
+    assert [(s["Name"], s["Type"]) for s in check["ElseSteps"]] == [(spec.STEP_FAIL, "Fail")]
+
+
+def test_training_step(definition):
+    args = steps_by_name(definition)[spec.STEP_TRAIN]["Arguments"]
+    algorithm = args["AlgorithmSpecification"]
+    assert algorithm["TrainingImage"] == example.TRAIN_IMAGE
+    assert "ContainerEntrypoint" not in algorithm  # the image's own ENTRYPOINT: `detector train`
+    assert algorithm["MetricDefinitions"] == [
+        {"Name": "training_ap", "Regex": r"training_ap ([0-9\.]+)"},
+        {"Name": "testing_ap", "Regex": r"testing_ap ([0-9\.]+)"},
+    ]
+    assert args["EnableManagedSpotTraining"] is True
+    stopping = args["StoppingCondition"]
+    assert stopping == {"MaxRuntimeInSeconds": 86400, "MaxWaitTimeInSeconds": 172800}
+    assert stopping["MaxWaitTimeInSeconds"] > stopping["MaxRuntimeInSeconds"]
+    assert args["CheckpointConfig"] == {
+        "S3Uri": {"Std:Join": {"On": "/", "Values": [{"Get": "Parameters.s3Path"}, EXECUTION_ID]}},
+        "LocalPath": "/opt/ml/checkpoints",
+    }
+    # Numeric parameters reach the container as strings (hyperparameters.json is string -> string).
+    for parameter, hyperparameter in (("NumEpoch", "num_epochs"), ("LearningRate", "learning_rate"), ("MaxIter", "max_iter")):
+        assert args["HyperParameters"][hyperparameter] == {"Std:Join": {"On": "", "Values": [{"Get": f"Parameters.{parameter}"}]}}
+    assert [(c["ChannelName"], c["DataSource"]["S3DataSource"]["S3Uri"]) for c in args["InputDataConfig"]] == [
+        ("training", {"Get": "Parameters.TrainingData"}), ("testing", {"Get": "Parameters.TestingData"}),
+    ]
+    assert args["ResourceConfig"]["InstanceType"] == {"Get": "Parameters.TrainingInstanceType"}
+    assert args["ResourceConfig"]["InstanceCount"] == {"Get": "Parameters.TrainingInstanceCount"}
+    assert args["OutputDataConfig"]["S3OutputPath"] == f"{ROOT}/models"
+    assert args["RoleArn"] == example.ROLE
+
+
+def test_evaluation_step_runs_the_baked_in_command(definition):
+    step = steps_by_name(definition)[spec.STEP_EVALUATE]
+    args = step["Arguments"]
+    assert args["AppSpecification"] == {"ImageUri": example.TRAIN_IMAGE, "ContainerEntrypoint": ["detector", "evaluate"]}
+    inputs = {i["InputName"]: i["S3Input"] for i in args["ProcessingInputs"]}
+    assert set(inputs) == {"model", "test"}  # no uploaded code input
+    assert inputs["model"]["S3Uri"] == {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}
+    assert inputs["model"]["LocalPath"] == "/opt/ml/processing/model"
+    assert inputs["test"]["S3Uri"] == {"Get": "Parameters.TestingData"}
+    assert inputs["test"]["LocalPath"] == "/opt/ml/processing/test"
+    [output] = args["ProcessingOutputConfig"]["Outputs"]
+    assert output["OutputName"] == spec.EVALUATION_OUTPUT
+    assert output["S3Output"]["LocalPath"] == "/opt/ml/processing/evaluation"
+    assert output["S3Output"]["S3Uri"] == {"Std:Join": {"On": "/", "Values": [f"{ROOT}/evaluation", EXECUTION_ID]}}
+    assert step["PropertyFiles"] == [{"PropertyFileName": "EvaluationReport", "OutputName": "evaluation", "FilePath": "evaluation.json"}]
+
+
+TESTING_AP = {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.Evaluate.PropertyFiles.EvaluationReport"}, "Path": "metrics.testing_ap.value"}}
+
+
+def test_gate_compares_testing_ap_with_the_threshold(definition):
+    assert spec.TESTING_AP_PATH == "metrics.testing_ap.value"  # what `detector evaluate` writes (tests/commands)
+    [condition] = steps_by_name(definition)[spec.STEP_CHECK]["Arguments"]["Conditions"]
+    assert condition == {"Type": "GreaterThanOrEqualTo", "LeftValue": TESTING_AP, "RightValue": {"Get": "Parameters.MinTestingAP"}}
+
+
+def test_fail_message_states_the_measured_ap_and_the_threshold(definition):
+    message = steps_by_name(definition)[spec.STEP_FAIL]["Arguments"]["ErrorMessage"]["Std:Join"]
+    assert TESTING_AP in message["Values"]
+    assert {"Get": "Parameters.MinTestingAP"} in message["Values"]
+
+
+def test_registration(definition):
+    args = steps_by_name(definition)[spec.STEP_REGISTER]["Arguments"]
+    assert args["ModelPackageGroupName"] == "detector"
+    inference = args["InferenceSpecification"]
+    [container] = inference["Containers"]
+    assert container["Image"] == example.SERVE_IMAGE
+    assert container["ModelDataUrl"] == {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}
+    assert inference["SupportedContentTypes"] == ["image/jpeg", "image/png", "application/json", "application/x-npy"]
+    assert inference["SupportedResponseMIMETypes"] == ["application/json"]
+    assert args["ModelApprovalStatus"] == {"Get": "Parameters.ModelApprovalStatus"}
+    statistics = args["ModelMetrics"]["ModelQuality"]["Statistics"]
+    assert statistics["ContentType"] == "application/json"
+    assert statistics["S3Uri"] == {
+        "Std:Join": {"On": "/", "Values": [{"Std:Join": {"On": "/", "Values": [f"{ROOT}/evaluation", EXECUTION_ID]}}, "evaluation.json"]}
+    }
+
+
+def test_deploy_lambda_step(definition):
+    step = steps_by_name(definition)[spec.STEP_DEPLOY]
+    assert step["FunctionArn"] == example.LAMBDA_ARN
+    assert step["Arguments"] == {
+        "model_package_arn": {"Get": "Steps.Register.ModelPackageArn"},
+        "endpoint_name": {"Get": "Parameters.EndpointName"},
+        "instance_type": {"Get": "Parameters.EndpointInstanceType"},
+        "instance_count": 1,
+        "role_arn": example.ROLE,
+    }
+    assert {o["OutputName"] for o in step["OutputParameters"]} == {"EndpointName", "Action"}
+
+
+def test_every_s3_location_is_explicit(definition):
+    text = json.dumps(definition)
+    assert "sagemaker-us-east-1" not in text  # no SDK default bucket
+    strings = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+        elif isinstance(node, str) and node.startswith("s3://"):
+            strings.append(node)
+
+    walk(definition)
+    assert strings and all(s.startswith(ROOT + "/") for s in strings), strings
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"max_run_s": 7200, "max_wait_s": 7200}, "max_wait 7200 s must be greater than max_run 7200 s"),
+        ({"max_run_s": 30 * 24 * 3600, "max_wait_s": 31 * 24 * 3600}, "expected 1 to 2419200 s (28 days)"),
+        ({"role": "DetectorSageMaker"}, "role 'DetectorSageMaker' is not valid: expected an IAM role ARN"),
+        ({"bucket": "s3://bucket/prefix"}, "bucket 's3://bucket/prefix' is not valid"),
+        ({"train_image": ""}, "train image '' is not valid"),
+        ({"deploy_lambda_arn": "detector-deploy"}, "deploy Lambda ARN 'detector-deploy' is not valid"),
+        ({"prefix": "/detector/"}, "without leading or trailing '/'"),
+        ({"hyperparameters": {"max_iter": 3}}, "hyperparameters must map strings to strings"),
+    ],
+)
+def test_bad_settings_are_rejected_before_anything_is_built(overrides, message):
+    with pytest.raises(PipelineConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        example.settings(**overrides)
