@@ -223,7 +223,7 @@ def _build(settings: PipelineSettings):
         name=spec.STEP_FAIL,
         error_message=Join(
             on=" ",
-            values=["Model not registered: testing_ap", testing_ap, "is below MinTestingAP", params["MinTestingAP"]],
+            values=[spec.FAIL_MESSAGE_PARTS[0], testing_ap, spec.FAIL_MESSAGE_PARTS[1], params["MinTestingAP"]],
         ),
     )
     check = ConditionStep(

@@ -116,6 +116,14 @@ STEP_FAIL = "TestingAPTooLow"
 STEP_REGISTER = "Register"
 STEP_DEPLOY = "Deploy"
 
+# The Fail step's message: these parts joined with spaces around the measured AP and the threshold.
+FAIL_MESSAGE_PARTS = ("Model not registered: testing_ap", "is below MinTestingAP")
+
+
+def fail_message(testing_ap: float, threshold: float) -> str:
+    """The Fail step's message as the local runner prints it."""
+    return f"{FAIL_MESSAGE_PARTS[0]} {testing_ap} {FAIL_MESSAGE_PARTS[1]} {threshold}"
+
 
 def defaults(root: str) -> dict[str, Value]:
     return {p.name: p.default_for(root) for p in PARAMETERS}
