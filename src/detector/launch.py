@@ -86,6 +86,8 @@ def _worker(env: TrainingEnvironment, params: Hyperparameters, local_rank: int, 
         )
         _set_local_group(per_host, len(env.hosts), env.host_rank)
         code = train_process(env, params, Rank(rank, world_size, local_rank), stop)
+    except SystemExit as stop:  # a stop request after the final checkpoint
+        code = stop.code if isinstance(stop.code, int) else 1
     except BaseException as error:  # report, then exit non-zero; the parent collects the status
         code = report_failure(env.failure_file, error, overwrite=False)
     finally:

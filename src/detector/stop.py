@@ -27,6 +27,17 @@ class StopRequest:
         self.signal_name = signal.Signals(signum).name
         self._event.set()
 
+    def exit_on_signal(self) -> None:
+        """Once nothing is left to save (the final checkpoint is on disk), a stop request exits at once."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._exit)
+        if self.is_set():
+            raise SystemExit(EXIT_CODE_STOPPED)
+
+    def _exit(self, signum, frame) -> None:
+        self._handle(signum, frame)
+        raise SystemExit(EXIT_CODE_STOPPED)
+
     def is_set(self) -> bool:
         return self._event.is_set()
 

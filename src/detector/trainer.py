@@ -304,6 +304,8 @@ class Training:
                 return EXIT_CODE_STOPPED
         train_seconds = time.monotonic() - started
         del loader, trainer
+        # The final checkpoint is saved: a restarted job only redoes the evaluation below.
+        self.stop.exit_on_signal()
 
         metrics = self.evaluate(model, final=True)
         if rank.is_main:

@@ -33,7 +33,7 @@ MODEL_PACKAGE_GROUP = "detector"
 
 # The SageMaker defaults train R50-FPN for 90k iterations on a GPU. On a CPU the local run trains the
 # small packaged model instead; every other parameter keeps the pipeline's default.
-LOCAL_PARAMETER_DEFAULTS: dict[str, spec.Value] = {"MaxIter": 1000, "LearningRate": 0.04, "MinTestingAP": 0.6}
+LOCAL_PARAMETER_DEFAULTS: dict[str, spec.Value] = {"MaxIter": 1000, "NumEpoch": 100.0, "LearningRate": 0.04, "MinTestingAP": 0.6}
 LOCAL_HYPERPARAMETERS = {
     "model": "detector/faster_rcnn_R_18_FPN_128px.yaml",
     "batch_size": "8",
@@ -254,7 +254,7 @@ class LocalRun:
     # -- helpers -------------------------------------------------------------------------------
 
     def _run_logged(self, args: list[str], base: Path, log_path: Path, on_line=None) -> int:
-        with open(log_path, "a") as log:
+        with open(log_path, "a", buffering=1) as log:
             process = subprocess.Popen(
                 self.backend.command(base, args), env=self.backend.environment(base), stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, text=True,
@@ -267,7 +267,12 @@ class LocalRun:
                 return process.wait()
             except BaseException:
                 process.terminate()  # Ctrl-C: the step checkpoints and stops like a Spot reclaim
-                process.wait(120)
+                try:
+                    rest, _ = process.communicate(timeout=130)
+                    log.write(rest or "")
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
                 raise
 
     def summary(self) -> None:
