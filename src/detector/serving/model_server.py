@@ -163,6 +163,8 @@ def start_server(settings: ServingEnvironment) -> ServerProcess:
             "TMPDIR": str(runtime_dir),
             "TEMP": str(runtime_dir),
             "DETECTOR_SERVE_RUNTIME_DIR": str(runtime_dir),
+            # multi-model-server's log files (everything that matters also goes to stdout).
+            "LOG_LOCATION": str(runtime_dir / "logs"),
             "PYTHONPATH": python_path,
         },
         # Written to the config by this module; the toolkit would reject a fractional value.
@@ -172,6 +174,7 @@ def start_server(settings: ServingEnvironment) -> ServerProcess:
         sys.executable, "-m", "detector.serving.model_server",
         "--runtime-dir", str(runtime_dir),
         "--management-port", str(management_port),
+        "--parent-pid", str(os.getpid()),
     ]
     process = subprocess.Popen(command, env=env, start_new_session=True)
     return ServerProcess(process, runtime_dir, settings.port, management_port)
@@ -248,21 +251,43 @@ def _patch_toolkit(model_server, runtime_dir: Path, settings: ServingEnvironment
 
     model_server._retrieve_mms_server_process = own_server_process
 
-    def exit_on_sigterm(mms_process):
-        # The toolkit forwards SIGTERM to the JVM and keeps waiting for it; `detector serve` signals
-        # the whole group, so this process just leaves.
-        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    # The toolkit's own handler forwards SIGTERM to the JVM only and keeps waiting for it.
+    model_server._add_sigterm_handler = lambda mms_process: _stop_group_on_sigterm()
 
-    model_server._add_sigterm_handler = exit_on_sigterm
+
+def _stop_group_on_sigterm() -> None:
+    """On SIGTERM, pass it to the whole process group (JVM, workers) and leave at once."""
+
+    def stop(signo, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.killpg(os.getpgrp(), signal.SIGTERM)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _stop_with_parent(parent_pid: int) -> None:
+    """Get SIGTERM when `detector serve` dies, even by SIGKILL (Linux), so no server outlives it."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def launcher_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m detector.serving.model_server")
     parser.add_argument("--runtime-dir", type=Path, required=True)
     parser.add_argument("--management-port", type=int, required=True)
+    parser.add_argument("--parent-pid", type=int, required=True)
     args = parser.parse_args(argv)
+    _stop_group_on_sigterm()
+    _stop_with_parent(args.parent_pid)
     settings = ServingEnvironment.from_env()
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     # Imported only now: the toolkit reads SAGEMAKER_BASE_DIR at import time.
     from sagemaker_inference import model_server
 
