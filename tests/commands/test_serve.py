@@ -64,6 +64,13 @@ def server_processes(serve_pid):
     return found
 
 
+def alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.mark.slow
 def test_sigterm_stops_the_server_and_every_process_it_started(tiny_model, tmp_path):
     log = tmp_path / "serve.log"
@@ -81,13 +88,26 @@ def test_sigterm_stops_the_server_and_every_process_it_started(tiny_model, tmp_p
     finally:
         if process.poll() is None:
             process.kill()
-    left = []
-    for child, command in started:
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE:
-                left.append(command)
-        except psutil.NoSuchProcess:
-            pass
+    left = [command for child, command in started if alive(child)]
     assert not left, f"processes left behind: {left}"
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/ping", timeout=5)
+
+
+@pytest.mark.slow
+def test_a_killed_serve_takes_its_server_with_it(tiny_model, tmp_path):
+    log = tmp_path / "serve.log"
+    process, url = start_serve(tiny_model, log)
+    try:
+        wait_until_serving(process, log)
+        started = server_processes(process.pid)
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        left = [command for child, command in started if alive(child)]
+        if not left:
+            break
+        time.sleep(0.2)
+    assert not left, f"processes left behind: {left}"

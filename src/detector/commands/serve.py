@@ -50,10 +50,9 @@ def run(args) -> int:
         from ..serving.inference_handler import InferenceHandler
         from ..serving.model_server import start_server, wait_until_ready
 
-        # Health must be truthful: a model that cannot load or run never gets a server.
-        handler = InferenceHandler(settings)
-        predictor = handler.model_fn(settings.model_dir)
-        del predictor
+        # Health must be truthful: a model that cannot load or run never gets a server. Checked on
+        # the CPU so that this process holds no GPU memory; the workers load it on their GPUs.
+        InferenceHandler(settings).load_model(settings.model_dir, "cpu")
         log.info("model in %s checked in %.1f s; starting multi-model-server on port %d with %d worker(s)",
                  settings.model_dir, time.monotonic() - started, settings.port, settings.workers)
         starting.set()

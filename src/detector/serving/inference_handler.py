@@ -74,15 +74,17 @@ class InferenceHandler:
         self.defaults = InferenceOptions(settings.score_threshold, settings.max_detections)
 
     def model_fn(self, model_dir: str | Path, context=None) -> Predictor:
-        """Load and warm up the model directory written by ``detector train``."""
+        """Load and warm up the model directory written by ``detector train`` (on the worker's GPU, if any)."""
         gpu_id = context.system_properties.get("gpu_id") if context is not None else None
-        device = select_device(gpu_id)
+        return self.load_model(Path(model_dir), select_device(gpu_id))
+
+    def load_model(self, model_dir: Path, device: str) -> Predictor:
         if device == "cpu":
             import torch
 
             # Workers share the host's cores instead of each claiming all of them.
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.settings.workers))
-        predictor = Predictor.from_model_dir(Path(model_dir), device)
+        predictor = Predictor.from_model_dir(model_dir, device)
         warm_up(predictor)
         logger.info("model from %s loaded on %s (%d classes)", model_dir, device, predictor.labels.num_classes)
         return predictor
