@@ -25,7 +25,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,10 +60,10 @@ def build_random_model(config: str, model_dir: Path) -> None:
     save_model(model_dir, model.state_dict(), cfg.dump(), labels, {})
 
 
-def make_images(count: int, size: int, directory: Path) -> list[Path]:
+def make_images(count: int, size: int, directory: Path, image_format: str) -> list[Path]:
     from detector.synthetic import generate
 
-    generate(directory, num_images=count, image_size=size, seed=1)
+    generate(directory, num_images=count, image_size=size, seed=1, image_format=image_format)
     return sorted((directory / "images").iterdir())
 
 
@@ -162,9 +161,10 @@ def main() -> int:
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--config", default="detector/faster_rcnn_R_18_FPN_128px.yaml")
     parser.add_argument("--image-size", type=int, default=256, help="side of the square test images (pixels)")
+    parser.add_argument("--format", choices=["jpg", "png"], default="jpg", help="encoding of the test images")
     parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--per-round", type=int, default=16, help="requests per mode per round")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--per-round", type=int, default=4, help="requests per mode per round")
     parser.add_argument("--batch", type=int, default=4, help="images per batched JSON request")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1, help="server workers (SAGEMAKER_MODEL_SERVER_WORKERS)")
@@ -186,31 +186,32 @@ def main() -> int:
             shutil.copytree(args.model_dir, base / "model")
         else:
             build_random_model(args.config, base / "model")
-        files = make_images(args.images, args.image_size, work / "images")
-        pngs = [f.read_bytes() for f in files]
+        files = make_images(args.images, args.image_size, work / "images", args.format)
+        encoded = [f.read_bytes() for f in files]
         settings = replace(ServingEnvironment.from_env({"SAGEMAKER_BASE_DIR": str(base)}), score_threshold=0.05)
         handler = InferenceHandler(settings)
         predictor = handler.model_fn(base / "model")
-        arrays = [decode_image(p, handler.limits) for p in pngs]
-        single_json = [json.dumps({"image": base64.b64encode(p).decode()}).encode() for p in pngs]
+        arrays = [decode_image(p, handler.limits) for p in encoded]
+        single_json = [json.dumps({"image": base64.b64encode(p).decode()}).encode() for p in encoded]
         batches = [
-            json.dumps({"instances": [{"image": base64.b64encode(pngs[(i + k) % len(pngs)]).decode()} for k in range(args.batch)]}).encode()
-            for i in range(len(pngs))
+            json.dumps({"instances": [{"image": base64.b64encode(encoded[(i + k) % len(encoded)]).decode()} for k in range(args.batch)]}).encode()
+            for i in range(len(encoded))
         ]
 
+        content_type = "image/png" if args.format == "png" else "image/jpeg"
         port = free_port()
         server, startup_s = start_server(base, port, args.workers, work / "serve.log")
         client = Client(port)
 
-        def handler_path(png: bytes) -> None:
-            request = handler.decode(png, "application/x-image")
+        def handler_path(data: bytes) -> None:
+            request = handler.decode(data, "application/x-image")
             handler.output_fn(handler.predict_fn(request, predictor), "application/json")
 
         modes = {
             "raw": Mode("raw Predictor.predict (1 image)"),
-            "predict": Mode("detector predict path, in-process (PNG)"),
-            "serve1": Mode("detector serve HTTP, PNG, concurrency 1"),
-            "serveN": Mode(f"detector serve HTTP, PNG, concurrency {args.concurrency}", concurrency=args.concurrency),
+            "predict": Mode(f"detector predict path, in-process ({args.format})"),
+            "serve1": Mode(f"detector serve HTTP, {args.format}, concurrency 1"),
+            "serveN": Mode(f"detector serve HTTP, {args.format}, concurrency {args.concurrency}", concurrency=args.concurrency),
             "json1": Mode("detector serve HTTP, JSON 1 image, concurrency 1"),
             "jsonB": Mode(f"detector serve HTTP, JSON batch of {args.batch}, concurrency 1", images_per_request=args.batch),
         }
@@ -219,13 +220,13 @@ def main() -> int:
         # Warm-up: every path once (first requests pay for lazy initialisation).
         for i in range(3):
             predictor.predict([arrays[i]])
-            client.post(pngs[i], "image/png")
+            client.post(encoded[i], content_type)
             client.post(batches[i], "application/json")
         for r in range(args.rounds):
             timed(modes["raw"], [lambda a=a: predictor.predict([a]) for a in pick(arrays, r)])
-            timed(modes["predict"], [lambda p=p: handler_path(p) for p in pick(pngs, r)])
-            timed(modes["serve1"], [lambda p=p: client.post(p, "image/png") for p in pick(pngs, r)])
-            timed(modes["serveN"], [lambda p=p: client.post(p, "image/png") for p in pick(pngs, r)], args.concurrency)
+            timed(modes["predict"], [lambda p=p: handler_path(p) for p in pick(encoded, r)])
+            timed(modes["serve1"], [lambda p=p: client.post(p, content_type) for p in pick(encoded, r)])
+            timed(modes["serveN"], [lambda p=p: client.post(p, content_type) for p in pick(encoded, r)], args.concurrency)
             timed(modes["json1"], [lambda b=b: client.post(b, "application/json") for b in pick(single_json, r)])
             timed(modes["jsonB"], [lambda b=b: client.post(b, "application/json") for b in pick(batches, r)[: max(1, n // args.batch)]])
 
@@ -247,13 +248,14 @@ def main() -> int:
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
         "config": str(args.model_dir or args.config),
         "image_size": args.image_size,
+        "image_format": args.format,
         "serve_startup_to_ready_s": round(startup_s, 2),
         "predict_command_s": round(command_s, 2),
         "predict_command_images": len(files),
         "serving_overhead_p50_ms": serve1["p50_ms"] - raw["p50_ms"],
         "batch_vs_single_json_images_per_s": jsonB["images_per_s"] / json1["images_per_s"],
     }
-    print(f"\n{summary['machine']}; model {summary['config']}; {args.image_size} px images; "
+    print(f"\n{summary['machine']}; model {summary['config']}; {args.image_size} px {args.format} images; "
           f"{args.rounds} interleaved rounds of {args.per_round} requests per mode")
     print(f"{'mode':52} {'reqs':>5} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'img/s':>7} {'p50 ms/img':>10}")
     for row in rows:

@@ -111,3 +111,18 @@ def test_a_killed_serve_takes_its_server_with_it(tiny_model, tmp_path):
             break
         time.sleep(0.2)
     assert not left, f"processes left behind: {left}"
+
+
+@pytest.mark.slow
+def test_serve_ends_when_the_model_server_dies(tiny_model, tmp_path):
+    log = tmp_path / "serve.log"
+    process, url = start_serve(tiny_model, log)
+    try:
+        wait_until_serving(process, log)
+        [jvm] = [p for p, command in server_processes(process.pid) if "com.amazonaws.ml.mms.ModelServer" in command]
+        jvm.kill()
+        assert process.wait(timeout=60) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "ERROR: multi-model-server stopped unexpectedly" in log.read_text()

@@ -1,4 +1,3 @@
-from pathlib import Path
 
 from detector.environment import ServingEnvironment
 from detector.serving.model_server import free_port, override_properties, server_properties

@@ -63,8 +63,9 @@ def run(args) -> int:
         wait_until_ready(server, settings, stop=stop)
         log.info("ready: http://0.0.0.0:%d (GET /ping, POST /invocations) after %.1f s", settings.port, time.monotonic() - started)
         while server.running():
+            server.reap()
             stop.wait(0.5)
-        raise DetectorError(f"the model server exited unexpectedly with code {server.process.returncode}")
+        raise DetectorError("multi-model-server stopped unexpectedly; the log above says why")
     except Stop:
         log.info("stopping")
         return 0

@@ -9,7 +9,7 @@ group; that process runs the toolkit's ``start_model_server`` with these changes
 - the response timeout is written in seconds and the request size limit from
   ``SAGEMAKER_MAX_PAYLOAD_IN_MB`` (the toolkit reads ``SAGEMAKER_MODEL_SERVER_TIMEOUT`` in minutes);
 - nothing from ``model/code`` is installed or put on the Python path (a model is data, not code);
-- the server process is looked for among this process's own children only, so two servers on one
+- the server process is looked for in this process's own process group only, so two servers on one
   host do not mistake each other's JVM for their own.
 
 The parent stops the whole process group (launcher, JVM, Python workers and their forks) on SIGTERM.
@@ -91,25 +91,31 @@ class ServerProcess:
         _signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while _group_alive(pgid) and time.monotonic() < deadline:
-            self._reap()
+            self.reap()
             time.sleep(0.05)
         if _group_alive(pgid):
             _signal_group(pgid, signal.SIGKILL)
             while _group_alive(pgid) and time.monotonic() < deadline + 5:
-                self._reap()
+                self.reap()
                 time.sleep(0.05)
-        self._reap()
+        self.reap()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
-    def _reap(self) -> None:
+    def reap(self) -> None:
+        """Collect exited children. As a container's PID 1 this process inherits the orphaned JVM
+        (its starter script exits at once): unreaped, a dead JVM would look alive to the launcher."""
         self.process.poll()
-        # As a container's PID 1, orphaned workers are re-parented to this process: reap them too.
-        if os.getpid() == 1:
-            try:
-                while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                    pass
-            except ChildProcessError:
-                pass
+        if os.getpid() != 1:
+            return
+        try:
+            while True:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    return
+                if pid == self.process.pid:
+                    self.process.returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            pass
 
 
 def _signal_group(pgid: int, signo: int) -> None:
@@ -241,11 +247,14 @@ def _patch_toolkit(model_server, runtime_dir: Path, settings: ServingEnvironment
     model_server._generate_mms_config_properties = generate_with_overrides
 
     def own_server_process():
-        for child in psutil.Process().children(recursive=True):
+        # The JVM outlives the script that starts it (and is re-parented), but stays in this group.
+        group = os.getpgrp()
+        for process in psutil.process_iter():
             try:
-                if child.status() != psutil.STATUS_ZOMBIE and MMS_NAMESPACE in child.cmdline():
-                    return child
-            except psutil.Error:
+                if os.getpgid(process.pid) == group and process.status() != psutil.STATUS_ZOMBIE \
+                        and MMS_NAMESPACE in process.cmdline():
+                    return process
+            except (ProcessLookupError, psutil.Error):
                 continue
         raise RuntimeError("multi-model-server has not started yet")
 
