@@ -171,6 +171,7 @@ def start_server(settings: ServingEnvironment) -> ServerProcess:
             "DETECTOR_SERVE_RUNTIME_DIR": str(runtime_dir),
             # multi-model-server's log files (everything that matters also goes to stdout).
             "LOG_LOCATION": str(runtime_dir / "logs"),
+            "METRICS_LOCATION": str(runtime_dir / "logs"),
             "PYTHONPATH": python_path,
         },
         # Written to the config by this module; the toolkit would reject a fractional value.
