@@ -69,13 +69,13 @@ def tiny_model_dir(tiny_model: Path) -> Path:
 
 
 def start_serve(base_dir: Path, log_path: Path, **extra_env: str) -> tuple[subprocess.Popen, str]:
-    """Start `detector serve` on a free port; returns the process and its base URL (not yet ready)."""
+    """Start `detector serve` on a free port, in the log's directory; returns the process and its base URL."""
     from detector.serving.model_server import free_port
 
     port = free_port()
     env = detector_env(base_dir, SAGEMAKER_BIND_TO_PORT=str(port), **extra_env)
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(detector_command("serve"), env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(detector_command("serve"), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent)
     return process, f"http://127.0.0.1:{port}"
 
 

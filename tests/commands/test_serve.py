@@ -92,6 +92,7 @@ def test_sigterm_stops_the_server_and_every_process_it_started(tiny_model, tmp_p
     assert not left, f"processes left behind: {left}"
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/ping", timeout=5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["serve.log"], "files left in the working directory"
 
 
 @pytest.mark.slow
