@@ -257,7 +257,7 @@ def main() -> int:
         "batch_vs_single_json_images_per_s": jsonB["images_per_s"] / json1["images_per_s"],
     }
     print(f"\n{summary['machine']} (1-minute load average at the end: {summary['load_average_at_end']}; "
-          "other jobs on the machine make every number noisy); model {summary['config']}; {args.image_size} px {args.format} images; "
+          f"other jobs on the machine make every number noisy); model {summary['config']}; {args.image_size} px {args.format} images; "
           f"{args.rounds} interleaved rounds of {args.per_round} requests per mode")
     print(f"{'mode':52} {'reqs':>5} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'img/s':>7} {'p50 ms/img':>10}")
     for row in rows:
