@@ -66,3 +66,28 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_model: Path) -> Path:
     return tiny_model / "model"
+
+
+def start_serve(base_dir: Path, log_path: Path, **extra_env: str) -> tuple[subprocess.Popen, str]:
+    """Start `detector serve` on a free port, in the log's directory; returns the process and its base URL."""
+    from detector.serving.model_server import free_port
+
+    port = free_port()
+    env = detector_env(base_dir, SAGEMAKER_BIND_TO_PORT=str(port), **extra_env)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(detector_command("serve"), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_until_serving(process: subprocess.Popen, log_path: Path, timeout: float = 180) -> None:
+    """Wait for `detector serve` to log that it is ready (the model is loaded in every worker)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if b"ready: http" in log_path.read_bytes():
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise AssertionError(f"detector serve did not become ready (exit {process.poll()}):\n{log_path.read_text()[-5000:]}")

@@ -197,9 +197,16 @@ class ProcessingEnvironment:
         return cls(base_dir=base_dir(environ))
 
 
+def _bounded(name: str, value, low, high=None):
+    if value < low or (high is not None and value > high):
+        expected = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise DetectorError(f"environment variable {name}={value!r}: expected a value {expected}")
+    return value
+
+
 @dataclass(frozen=True)
 class ServingEnvironment:
-    """Settings of the hosting container (``docker run IMAGE serve``)."""
+    """Settings of the hosting container (``docker run IMAGE serve``) and of ``detector predict``."""
 
     base_dir: Path
     port: int
@@ -210,11 +217,20 @@ class ServingEnvironment:
     score_threshold: float
     max_detections: int
     max_image_pixels: int
+    max_batch_images: int = 32
+    startup_timeout_s: int = 600
+    default_accept: str = "application/json"
+    # Set by `detector serve` for its workers: where they report that the model loaded (or why not).
+    runtime_dir: Path | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def model_dir(self) -> Path:
         return self.base_dir / "model"
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self.max_payload_mb * 1024 * 1024)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServingEnvironment":
@@ -223,14 +239,28 @@ class ServingEnvironment:
         workers = _int_env(environ, "SAGEMAKER_MODEL_SERVER_WORKERS", None)
         if workers is None:
             workers = num_gpus if num_gpus > 0 else 1
+
+        def number(name: str, default, low, high=None, parse=_int_env):
+            return _bounded(name, parse(environ, name, default), low, high)
+
         return cls(
             base_dir=base_dir(environ),
-            port=_int_env(environ, "SAGEMAKER_BIND_TO_PORT", 8080) or 8080,
+            port=number("SAGEMAKER_BIND_TO_PORT", 8080, 1, 65535),
             num_gpus=num_gpus,
-            workers=workers,
-            response_timeout_s=_int_env(environ, "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", 50) or 50,
-            max_payload_mb=_float_env(environ, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6.0),
-            score_threshold=_float_env(environ, "DETECTOR_SCORE_THRESHOLD", 0.5),
-            max_detections=_int_env(environ, "DETECTOR_MAX_DETECTIONS", 100) or 100,
-            max_image_pixels=_int_env(environ, "DETECTOR_MAX_IMAGE_PIXELS", 40_000_000) or 40_000_000,
+            workers=_bounded("SAGEMAKER_MODEL_SERVER_WORKERS", workers, 1),
+            # multi-model-server reads SAGEMAKER_MODEL_SERVER_TIMEOUT in minutes; SageMaker gives up after 60 s.
+            response_timeout_s=number("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", 50, 1),
+            max_payload_mb=number("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6.0, 0.001, parse=_float_env),
+            score_threshold=number("DETECTOR_SCORE_THRESHOLD", 0.5, 0.0, 1.0, parse=_float_env),
+            max_detections=number("DETECTOR_MAX_DETECTIONS", 100, 1),
+            max_image_pixels=number("DETECTOR_MAX_IMAGE_PIXELS", 40_000_000, 1),
+            max_batch_images=number("DETECTOR_MAX_BATCH_IMAGES", 32, 1),
+            startup_timeout_s=number("SAGEMAKER_STARTUP_TIMEOUT", 600, 1),
+            default_accept=environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or "application/json",
+            runtime_dir=Path(environ["DETECTOR_SERVE_RUNTIME_DIR"]) if environ.get("DETECTOR_SERVE_RUNTIME_DIR") else None,
         )
+
+
+def environ_with(overrides: Mapping[str, str], remove: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment of a child process: this process's, plus ``overrides``, less ``remove``."""
+    return {k: v for k, v in {**os.environ, **overrides}.items() if k not in remove}

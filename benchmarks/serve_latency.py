@@ -1,0 +1,276 @@
+"""Serving latency, side by side on one model and one set of images.
+
+Measures, in interleaved rounds so that background load affects every mode alike:
+
+- raw:        ``Predictor.predict`` on decoded RGB arrays (detectron2's model call, no request handling)
+- predict:    the handler path of ``detector predict`` in-process (PNG bytes -> decode -> model -> JSON)
+- serve c=N:  ``POST /invocations`` of PNG bytes to a real ``detector serve`` at concurrency N
+- json 1/B:   base64 JSON with one image, and a ``{"instances": [...]}`` batch of B images, concurrency 1
+
+and prints p50/p99 latency, requests/s, images/s and the serving overhead (serve c=1 p50 - raw p50).
+``detector predict`` is also run once as a command to show its start-up cost.
+
+Usage: python benchmarks/serve_latency.py [--model-dir DIR | --config CONFIG] [--image-size PX] [--rounds R]
+Without --model-dir, a model with random weights is built from --config (inference cost does not
+depend on training); default: the packaged ResNet-18 FPN at 128 px.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+import numpy as np  # noqa: E402
+
+CATEGORIES = [(3, "circle"), (7, "square"), (12, "triangle")]
+
+
+def build_random_model(config: str, model_dir: Path) -> None:
+    import torch
+    from detectron2.modeling import build_model
+
+    from detector.coco import Category
+    from detector.d2config import load_model_config
+    from detector.model_dir import LabelMap, save_model
+
+    cfg = load_model_config(config)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(CATEGORIES)
+    cfg.MODEL.RETINANET.NUM_CLASSES = len(CATEGORIES)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    labels = LabelMap.from_categories([Category(i, n) for i, n in CATEGORIES])
+    save_model(model_dir, model.state_dict(), cfg.dump(), labels, {})
+
+
+def make_images(count: int, size: int, directory: Path, image_format: str) -> list[Path]:
+    from detector.synthetic import generate
+
+    generate(directory, num_images=count, image_size=size, seed=1, image_format=image_format)
+    return sorted((directory / "images").iterdir())
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+class Mode:
+    def __init__(self, name: str, images_per_request: int = 1, concurrency: int = 1):
+        self.name = name
+        self.images_per_request = images_per_request
+        self.concurrency = concurrency
+        self.latencies: list[float] = []
+        self.wall = 0.0
+        self.requests = 0
+
+    def row(self) -> dict:
+        n_images = self.requests * self.images_per_request
+        return {
+            "mode": self.name,
+            "requests": self.requests,
+            "p50_ms": percentile(self.latencies, 50) * 1000,
+            "p99_ms": percentile(self.latencies, 99) * 1000,
+            "requests_per_s": self.requests / self.wall if self.wall else float("nan"),
+            "images_per_s": n_images / self.wall if self.wall else float("nan"),
+            "p50_ms_per_image": percentile(self.latencies, 50) * 1000 / self.images_per_request,
+        }
+
+
+def timed(mode: Mode, calls: list, concurrency: int = 1) -> None:
+    """Run ``calls`` (no-argument callables) at ``concurrency``; record latencies and wall time."""
+    lock = threading.Lock()
+
+    def one(call):
+        start = time.perf_counter()
+        call()
+        elapsed = time.perf_counter() - start
+        with lock:
+            mode.latencies.append(elapsed)
+
+    start = time.perf_counter()
+    if concurrency == 1:
+        for call in calls:
+            one(call)
+    else:
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, calls))
+    mode.wall += time.perf_counter() - start
+    mode.requests += len(calls)
+
+
+class Client:
+    """One keep-alive connection per thread."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.local = threading.local()
+
+    def post(self, body: bytes, content_type: str) -> bytes:
+        connection = getattr(self.local, "connection", None)
+        if connection is None:
+            connection = self.local.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        connection.request("POST", "/invocations", body=body, headers={"Content-Type": content_type})
+        response = connection.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"/invocations answered {response.status}: {data[:300]!r}")
+        if response.getheader("connection", "").lower() == "close":
+            connection.close()
+            self.local.connection = None
+        return data
+
+
+def start_server(base_dir: Path, port: int, workers: int, log_path: Path) -> tuple[subprocess.Popen, float]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+        "SAGEMAKER_BASE_DIR": str(base_dir),
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+        "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers),
+        "DETECTOR_SCORE_THRESHOLD": "0.05",
+    }
+    start = time.perf_counter()
+    log = open(log_path, "wb")
+    process = subprocess.Popen([sys.executable, "-m", "detector", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    while b"ready: http" not in log_path.read_bytes():
+        if process.poll() is not None:
+            raise SystemExit(f"detector serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.1)
+    return process, time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, default=None)
+    parser.add_argument("--config", default="detector/faster_rcnn_R_18_FPN_128px.yaml")
+    parser.add_argument("--image-size", type=int, default=256, help="side of the square test images (pixels)")
+    parser.add_argument("--format", choices=["jpg", "png"], default="jpg", help="encoding of the test images")
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--per-round", type=int, default=4, help="requests per mode per round")
+    parser.add_argument("--batch", type=int, default=4, help="images per batched JSON request")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1, help="server workers (SAGEMAKER_MODEL_SERVER_WORKERS)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+
+    from dataclasses import replace
+
+    from detector.environment import ServingEnvironment
+    from detector.serving.decoding import decode_image
+    from detector.serving.inference_handler import InferenceHandler
+    from detector.serving.model_server import free_port
+
+    work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    server = None
+    try:
+        base = work / "base"
+        if args.model_dir:
+            shutil.copytree(args.model_dir, base / "model")
+        else:
+            build_random_model(args.config, base / "model")
+        files = make_images(args.images, args.image_size, work / "images", args.format)
+        encoded = [f.read_bytes() for f in files]
+        settings = replace(ServingEnvironment.from_env({"SAGEMAKER_BASE_DIR": str(base)}), score_threshold=0.05)
+        handler = InferenceHandler(settings)
+        predictor = handler.model_fn(base / "model")
+        arrays = [decode_image(p, handler.limits) for p in encoded]
+        single_json = [json.dumps({"image": base64.b64encode(p).decode()}).encode() for p in encoded]
+        batches = [
+            json.dumps({"instances": [{"image": base64.b64encode(encoded[(i + k) % len(encoded)]).decode()} for k in range(args.batch)]}).encode()
+            for i in range(len(encoded))
+        ]
+
+        content_type = "image/png" if args.format == "png" else "image/jpeg"
+        port = free_port()
+        server, startup_s = start_server(base, port, args.workers, work / "serve.log")
+        client = Client(port)
+
+        def handler_path(data: bytes) -> None:
+            request = handler.decode(data, "application/x-image")
+            handler.output_fn(handler.predict_fn(request, predictor), "application/json")
+
+        modes = {
+            "raw": Mode("raw Predictor.predict (1 image)"),
+            "predict": Mode(f"detector predict path, in-process ({args.format})"),
+            "serve1": Mode(f"detector serve HTTP, {args.format}, concurrency 1"),
+            "serveN": Mode(f"detector serve HTTP, {args.format}, concurrency {args.concurrency}", concurrency=args.concurrency),
+            "json1": Mode("detector serve HTTP, JSON 1 image, concurrency 1"),
+            "jsonB": Mode(f"detector serve HTTP, JSON batch of {args.batch}, concurrency 1", images_per_request=args.batch),
+        }
+        n = args.per_round
+        pick = lambda seq, r: [seq[(r * n + i) % len(seq)] for i in range(n)]  # noqa: E731
+        # Warm-up: every path once (first requests pay for lazy initialisation).
+        for i in range(3):
+            predictor.predict([arrays[i]])
+            client.post(encoded[i], content_type)
+            client.post(batches[i], "application/json")
+        for r in range(args.rounds):
+            timed(modes["raw"], [lambda a=a: predictor.predict([a]) for a in pick(arrays, r)])
+            timed(modes["predict"], [lambda p=p: handler_path(p) for p in pick(encoded, r)])
+            timed(modes["serve1"], [lambda p=p: client.post(p, content_type) for p in pick(encoded, r)])
+            timed(modes["serveN"], [lambda p=p: client.post(p, content_type) for p in pick(encoded, r)], args.concurrency)
+            timed(modes["json1"], [lambda b=b: client.post(b, "application/json") for b in pick(single_json, r)])
+            timed(modes["jsonB"], [lambda b=b: client.post(b, "application/json") for b in pick(batches, r)[: max(1, n // args.batch)]])
+
+        command_start = time.perf_counter()
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "SAGEMAKER_BASE_DIR": str(base)}
+        subprocess.run([sys.executable, "-m", "detector", "predict", *map(str, files)], env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command_s = time.perf_counter() - command_start
+    finally:
+        if server is not None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+    rows = [m.row() for m in modes.values()]
+    raw, serve1 = modes["raw"].row(), modes["serve1"].row()
+    json1, jsonB = modes["json1"].row(), modes["jsonB"].row()
+    summary = {
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+        "load_average_at_end": round(os.getloadavg()[0], 2),
+        "config": str(args.model_dir or args.config),
+        "image_size": args.image_size,
+        "image_format": args.format,
+        "serve_startup_to_ready_s": round(startup_s, 2),
+        "predict_command_s": round(command_s, 2),
+        "predict_command_images": len(files),
+        "serving_overhead_p50_ms": serve1["p50_ms"] - raw["p50_ms"],
+        "batch_vs_single_json_images_per_s": jsonB["images_per_s"] / json1["images_per_s"],
+    }
+    print(f"\n{summary['machine']} (1-minute load average at the end: {summary['load_average_at_end']}; "
+          f"other jobs on the machine make every number noisy); model {summary['config']}; {args.image_size} px {args.format} images; "
+          f"{args.rounds} interleaved rounds of {args.per_round} requests per mode")
+    print(f"{'mode':52} {'reqs':>5} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'img/s':>7} {'p50 ms/img':>10}")
+    for row in rows:
+        print(f"{row['mode']:52} {row['requests']:5d} {row['p50_ms']:8.1f} {row['p99_ms']:8.1f} "
+              f"{row['requests_per_s']:7.1f} {row['images_per_s']:7.1f} {row['p50_ms_per_image']:10.1f}")
+    print(f"serving overhead (serve c=1 p50 - raw p50): {summary['serving_overhead_p50_ms']:.1f} ms")
+    print(f"batched JSON vs one-image JSON, images/s: {summary['batch_vs_single_json_images_per_s']:.2f}x")
+    print(f"detector serve start-up to ready: {summary['serve_startup_to_ready_s']:.1f} s; "
+          f"`detector predict` on {len(files)} images as a command: {command_s:.1f} s (includes start-up)")
+    if args.json:
+        args.json.write_text(json.dumps({"summary": summary, "modes": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

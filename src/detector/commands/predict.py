@@ -1,0 +1,92 @@
+"""``detector predict``: the serving handler on local files, without a server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "run the serving handler on local files and print what POST /invocations would answer"
+
+CONTENT_TYPES = {".json": "application/json", ".npy": "application/x-npy"}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                        help="images (any format Pillow reads), .npy arrays or .json request bodies")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="model directory (default: /opt/ml/model, relocated by SAGEMAKER_BASE_DIR)")
+    parser.add_argument("--custom-attributes", default=None, metavar="ATTRS",
+                        help="options as in the X-Amzn-SageMaker-Custom-Attributes header, e.g. score_threshold=0.3,max_detections=20")
+    parser.add_argument("--accept", default=None, help="response type: application/json (default) or application/x-coco")
+    parser.add_argument("--output", type=Path, default=None, help="write the responses here instead of printing them")
+    parser.epilog = "Prints one line of JSON per file, in order: the body /invocations answers for that file."
+
+
+def content_type_of(path: Path) -> str:
+    return CONTENT_TYPES.get(path.suffix.lower(), "application/x-image")
+
+
+def predict_files(handler, model, files: list[Path], custom_attributes: str | None, accept: str | None):
+    """Yields (file, response body or None, error message or None) in order."""
+    from ..serving.request_errors import RequestError
+
+    response_type = handler.response_type(accept)
+    for path in files:
+        try:
+            body = path.read_bytes()
+        except OSError as e:
+            yield path, None, f"cannot read the file ({e.strerror})"
+            continue
+        try:
+            request = handler.decode(body, content_type_of(path), custom_attributes)
+            response, _ = handler.output_fn(handler.predict_fn(request, model), response_type)
+            yield path, response, None
+        except RequestError as e:
+            yield path, None, e.message
+
+
+def run(args) -> int:
+    import sys
+
+    from ..environment import ServingEnvironment
+    from ..errors import DetectorError
+    from ..failure import failure_reason
+
+    try:
+        from dataclasses import replace
+
+        settings = ServingEnvironment.from_env()
+        from ..serving.inference_handler import InferenceHandler
+        from ..serving.request_errors import RequestError
+
+        handler = InferenceHandler(settings)
+        # Local files are not HTTP requests: no payload limit.
+        handler.limits = replace(handler.limits, max_payload_bytes=None)
+        try:
+            handler.response_type(args.accept)
+            from ..serving.options import parse_custom_attributes
+
+            parse_custom_attributes(args.custom_attributes, handler.defaults)
+        except RequestError as e:
+            raise DetectorError(e.message) from None
+        model = handler.model_fn(args.model_dir or settings.model_dir)
+        out = open(args.output, "wb") if args.output else sys.stdout.buffer
+        failed = 0
+        try:
+            for path, response, error in predict_files(handler, model, args.files, args.custom_attributes, args.accept):
+                if error is not None:
+                    failed += 1
+                    print(f"ERROR: {path}: {error}", file=sys.stderr, flush=True)
+                else:
+                    out.write(response + b"\n")
+                    out.flush()
+        finally:
+            if args.output:
+                out.close()
+        return 1 if failed else 0
+    except Exception as error:
+        if not isinstance(error, DetectorError):
+            import traceback
+
+            traceback.print_exc()
+        print(f"ERROR: {failure_reason(error)}", file=sys.stderr, flush=True)
+        return 1

@@ -1,0 +1,151 @@
+"""Request bodies to RGB images, with the size checked before any pixel is decoded.
+
+Supported content types:
+
+- ``image/jpeg``, ``image/png``, ``application/x-image``: the bytes of one image in any format
+  Pillow reads; EXIF orientation is applied; grayscale, palette, CMYK and RGBA become RGB.
+- ``application/json``: ``{"image": "<base64>"}`` for one image or
+  ``{"instances": [{"image": "<base64>"}, ...]}`` for a batch.
+- ``application/x-npy``: one ``numpy.save``'d HxWx3 uint8 RGB array (no pickles).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from .request_errors import BadRequest, PayloadTooLarge, UnsupportedContentType
+
+IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
+JSON_TYPE = "application/json"
+NPY_TYPE = "application/x-npy"
+SUPPORTED_TYPES = (*IMAGE_TYPES, JSON_TYPE, NPY_TYPE)
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_image_pixels: int = 40_000_000
+    max_batch_images: int = 32
+    max_payload_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class DecodedImages:
+    images: list[np.ndarray]  # HxWx3 uint8 RGB
+    batch: bool  # the request asked for a batch answer ({"predictions": [...]})
+
+
+def media_type(content_type: str | None) -> str:
+    """``'Image/PNG; charset=x'`` -> ``'image/png'``."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _check_pixels(width: int, height: int, limits: DecodeLimits, where: str) -> None:
+    if width * height > limits.max_image_pixels:
+        raise BadRequest(
+            f"{where}is {width}x{height} = {width * height} pixels, above the limit of "
+            f"{limits.max_image_pixels} (DETECTOR_MAX_IMAGE_PIXELS)"
+        )
+
+
+def decode_image(data: bytes, limits: DecodeLimits, where: str = "") -> np.ndarray:
+    """Encoded image bytes to an HxWx3 uint8 RGB array; ``where`` prefixes error messages."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise BadRequest(f"{where or 'request body '}is empty; expected the bytes of an image")
+    prefix = where or "image "
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # reads the header only
+            _check_pixels(*image.size, limits, prefix)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            if image.mode != "RGB":
+                image = image.convert("RGB")  # alpha is dropped, gray and palette expanded
+            return np.asarray(image)
+    except BadRequest:
+        raise
+    except UnidentifiedImageError:
+        raise BadRequest(f"{prefix}is not an image Pillow can decode ({len(data)} bytes)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadRequest(f"{prefix}is rejected as a decompression bomb ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise BadRequest(f"{prefix}cannot be decoded: {e}") from None
+
+
+def decode_base64_image(value: object, limits: DecodeLimits, where: str) -> np.ndarray:
+    if not isinstance(value, str):
+        raise BadRequest(f"{where}: expected a base64 string, got {type(value).__name__}")
+    try:
+        data = base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise BadRequest(f"{where}: not valid base64 ({e})") from None
+    return decode_image(data, limits, f"{where}: image ")
+
+
+def decode_json(body: bytes, limits: DecodeLimits) -> DecodedImages:
+    try:
+        document = json.loads(body)
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not UTF-8 encoded JSON") from None
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"request body is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    expected = 'expected {"image": "<base64>"} or {"instances": [{"image": "<base64>"}, ...]}'
+    if not isinstance(document, dict) or ("image" in document) == ("instances" in document):
+        raise BadRequest(f"JSON body: {expected}")
+    if "image" in document:
+        return DecodedImages([decode_base64_image(document["image"], limits, "image")], batch=False)
+    instances = document["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise BadRequest(f'JSON body: "instances" must be a non-empty list; {expected}')
+    if len(instances) > limits.max_batch_images:
+        raise BadRequest(
+            f"JSON body: {len(instances)} instances, above the limit of {limits.max_batch_images} "
+            "images per request (DETECTOR_MAX_BATCH_IMAGES)"
+        )
+    images = []
+    for index, instance in enumerate(instances):
+        if not isinstance(instance, dict) or "image" not in instance:
+            raise BadRequest(f'instances[{index}]: expected an object {{"image": "<base64>"}}')
+        images.append(decode_base64_image(instance["image"], limits, f"instances[{index}].image"))
+    return DecodedImages(images, batch=True)
+
+
+def decode_npy(body: bytes, limits: DecodeLimits) -> np.ndarray:
+    try:
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise BadRequest(f"request body is not a .npy array ({e})") from None
+    if not isinstance(array, np.ndarray):
+        raise BadRequest("request body is not a single .npy array")
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8 or 0 in array.shape:
+        raise BadRequest(f"npy array has shape {array.shape} and dtype {array.dtype}; expected HxWx3 uint8 (RGB)")
+    _check_pixels(array.shape[1], array.shape[0], limits, "npy array ")
+    return np.ascontiguousarray(array)
+
+
+def decode_body(body: bytes | bytearray | None, content_type: str | None, limits: DecodeLimits) -> DecodedImages:
+    """Decode one request; raises a ``RequestError`` with the status and a specific message."""
+    kind = media_type(content_type)
+    if kind not in SUPPORTED_TYPES:
+        raise UnsupportedContentType(
+            f"content type {content_type or '(none)'!r} is not supported; use one of {', '.join(SUPPORTED_TYPES)}"
+        )
+    body = bytes(body or b"")
+    if limits.max_payload_bytes is not None and len(body) > limits.max_payload_bytes:
+        raise PayloadTooLarge(f"request body is {len(body)} bytes, above the limit of {limits.max_payload_bytes}")
+    if not body:
+        raise BadRequest(f"request body is empty; expected {kind} content")
+    if kind == JSON_TYPE:
+        return decode_json(body, limits)
+    if kind == NPY_TYPE:
+        return DecodedImages([decode_npy(body, limits)], batch=False)
+    return DecodedImages([decode_image(body, limits)], batch=False)

@@ -1,0 +1,42 @@
+from pathlib import Path
+
+import pytest
+
+from detector.environment import ServingEnvironment
+from detector.errors import DetectorError
+
+
+def test_serving_defaults(tmp_path):
+    env = ServingEnvironment.from_env({"SAGEMAKER_BASE_DIR": str(tmp_path)})
+    assert env.model_dir == tmp_path / "model"
+    assert (env.port, env.response_timeout_s, env.max_payload_bytes) == (8080, 50, 6 * 1024 * 1024)
+    assert (env.score_threshold, env.max_detections, env.max_batch_images) == (0.5, 100, 32)
+    assert env.default_accept == "application/json" and env.runtime_dir is None
+
+
+def test_serving_settings_from_environment(tmp_path):
+    env = ServingEnvironment.from_env({
+        "SAGEMAKER_BASE_DIR": str(tmp_path), "SAGEMAKER_BIND_TO_PORT": "9000", "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": "20", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "0.5",
+        "DETECTOR_SCORE_THRESHOLD": "0.2", "DETECTOR_MAX_DETECTIONS": "7", "DETECTOR_MAX_BATCH_IMAGES": "4",
+        "DETECTOR_SERVE_RUNTIME_DIR": "/run/x",
+    })
+    assert (env.port, env.workers, env.response_timeout_s, env.max_payload_bytes) == (9000, 2, 20, 512 * 1024)
+    assert (env.score_threshold, env.max_detections, env.max_batch_images) == (0.2, 7, 4)
+    assert env.runtime_dir == Path("/run/x")
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("SAGEMAKER_MODEL_SERVER_WORKERS", "0", "expected a value at least 1"),
+        ("SAGEMAKER_BIND_TO_PORT", "70000", "between 1 and 65535"),
+        ("DETECTOR_SCORE_THRESHOLD", "2", "between 0.0 and 1.0"),
+        ("DETECTOR_MAX_DETECTIONS", "many", "expected a whole number"),
+        ("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", "0", "at least 1"),
+    ],
+)
+def test_bad_serving_settings_name_the_variable(tmp_path, name, value, message):
+    with pytest.raises(DetectorError, match=name) as error:
+        ServingEnvironment.from_env({"SAGEMAKER_BASE_DIR": str(tmp_path), name: value})
+    assert message in str(error.value)
