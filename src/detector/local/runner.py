@@ -33,7 +33,7 @@ MODEL_PACKAGE_GROUP = "detector"
 
 # The SageMaker defaults train R50-FPN for 90k iterations on a GPU. On a CPU the local run trains the
 # small packaged model instead; every other parameter keeps the pipeline's default.
-LOCAL_PARAMETER_DEFAULTS: dict[str, spec.Value] = {"MaxIter": 1000, "NumEpoch": 100.0, "LearningRate": 0.04, "MinTestingAP": 0.6}
+LOCAL_PARAMETER_DEFAULTS: dict[str, spec.Value] = {"MaxIter": 700, "NumEpoch": 100.0, "LearningRate": 0.04, "MinTestingAP": 0.6}
 LOCAL_HYPERPARAMETERS = {
     "model": "detector/faster_rcnn_R_18_FPN_128px.yaml",
     "batch_size": "8",
