@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy_lambda = sub.add_parser("deploy-lambda", help="create or update the deploy Lambda function; prints its ARN")
     _option(deploy_lambda, "--region", "AWS region")
     _option(deploy_lambda, "--function-name", "function name, default detector-deploy")
-    _option(deploy_lambda, "--lambda-role", "execution role ARN of the function (see docs/pipeline.md for its permissions)")
+    _option(deploy_lambda, "--lambda-role", "execution role ARN of the function (see README.md, Permissions for its permissions)")
     return parser
 
 
