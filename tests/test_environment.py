@@ -64,3 +64,8 @@ def test_serving_settings(tmp_path):
     assert env.port == 9000 and env.workers == 3 and env.model_dir == tmp_path / "model"
     with pytest.raises(DetectorError, match="SAGEMAKER_BIND_TO_PORT='http': expected a whole number"):
         ServingEnvironment.from_env({"SAGEMAKER_BIND_TO_PORT": "http"})
+
+
+def test_serving_port_must_be_one_multi_model_server_accepts():
+    with pytest.raises(DetectorError, match="SAGEMAKER_BIND_TO_PORT"):
+        ServingEnvironment.from_env({"SAGEMAKER_BIND_TO_PORT": "41669"})

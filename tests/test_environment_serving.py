@@ -30,7 +30,7 @@ def test_serving_settings_from_environment(tmp_path):
     "name, value, message",
     [
         ("SAGEMAKER_MODEL_SERVER_WORKERS", "0", "expected a value at least 1"),
-        ("SAGEMAKER_BIND_TO_PORT", "70000", "between 1 and 65535"),
+        ("SAGEMAKER_BIND_TO_PORT", "70000", "between 1 and 32766"),
         ("DETECTOR_SCORE_THRESHOLD", "2", "between 0.0 and 1.0"),
         ("DETECTOR_MAX_DETECTIONS", "many", "expected a whole number"),
         ("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", "0", "at least 1"),

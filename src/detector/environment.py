@@ -245,7 +245,7 @@ class ServingEnvironment:
 
         return cls(
             base_dir=base_dir(environ),
-            port=number("SAGEMAKER_BIND_TO_PORT", 8080, 1, 65535),
+            port=number("SAGEMAKER_BIND_TO_PORT", 8080, 1, 32766),  # multi-model-server refuses higher ports
             num_gpus=num_gpus,
             workers=_bounded("SAGEMAKER_MODEL_SERVER_WORKERS", workers, 1),
             # multi-model-server reads SAGEMAKER_MODEL_SERVER_TIMEOUT in minutes; SageMaker gives up after 60 s.

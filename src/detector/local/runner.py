@@ -33,7 +33,7 @@ MODEL_PACKAGE_GROUP = "detector"
 
 # The SageMaker defaults train R50-FPN for 90k iterations on a GPU. On a CPU the local run trains the
 # small packaged model instead; every other parameter keeps the pipeline's default.
-LOCAL_PARAMETER_DEFAULTS: dict[str, spec.Value] = {"MaxIter": 700, "NumEpoch": 100.0, "LearningRate": 0.04, "MinTestingAP": 0.6}
+LOCAL_PARAMETER_DEFAULTS: dict[str, spec.Value] = {"MaxIter": 600, "NumEpoch": 100.0, "LearningRate": 0.04, "MinTestingAP": 0.6}
 LOCAL_HYPERPARAMETERS = {
     "model": "detector/faster_rcnn_R_18_FPN_128px.yaml",
     "batch_size": "8",
@@ -309,9 +309,17 @@ def _read_reason(path: Path) -> str | None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below 32767 (multi-model-server refuses higher ones)."""
+    import random
+
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise PipelineFailed("no free port between 20000 and 32000 on 127.0.0.1 for the local endpoint")
 
 
 def wait_healthy(url: str, server: subprocess.Popen, timeout: float, log: Path) -> None:
