@@ -7,7 +7,6 @@ import zipfile
 import boto3
 import pytest
 from botocore.stub import Stubber
-from moto import mock_aws
 
 import settings_example as example
 from pipeline import control
@@ -15,14 +14,6 @@ from pipeline.cli import main
 
 REGION = example.REGION
 EMPTY_DEFINITION = '{"Version": "2020-12-01", "Steps": []}'
-
-
-@pytest.fixture
-def aws(monkeypatch):
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", REGION)):
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        yield boto3.client("sagemaker", region_name=REGION)
 
 
 def test_upsert_creates_then_updates_the_pipeline(aws, capsys):

@@ -7,7 +7,6 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
-from moto import mock_aws
 
 from pipeline import deploy_handler
 from pipeline.deploy_handler import DeployError, handler
@@ -15,14 +14,6 @@ from pipeline.deploy_handler import DeployError, handler
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/DetectorSageMaker"
 PACKAGE = "arn:aws:sagemaker:us-east-1:123456789012:model-package/detector/4"
-
-
-@pytest.fixture
-def aws(monkeypatch):
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", REGION)):
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        yield boto3.client("sagemaker", region_name=REGION)
 
 
 def register(client, status: str = "Approved") -> str:
