@@ -75,22 +75,22 @@ def test_low_ap_stops_at_the_gate_and_registers_nothing(tmp_path, data):
 
 def test_an_interrupted_run_resumes_training_from_its_checkpoints(tmp_path, data):
     args = detector_command("pipeline", "--local", "--root", str(tmp_path), "--data", str(data), "--no-progress",
-                            "--param", "MaxIter=40", "--param", "MinTestingAP=0")
+                            "--param", "MaxIter=60", "--param", "MinTestingAP=0")
     runner = subprocess.Popen(args, env=detector_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    checkpoints = None
     deadline = time.monotonic() + 300
+    logs: list[Path] = []
     while time.monotonic() < deadline and runner.poll() is None:
-        found = list(tmp_path.glob("executions/*/train/checkpoints/checkpoint_*.pth"))
-        if found:
-            checkpoints = found[0].parent
+        logs = list(tmp_path.glob("executions/*/train/train.log"))
+        if logs and re.search(r"iter: (9|19)\b", logs[0].read_text()):
             break
         time.sleep(0.2)
-    assert checkpoints is not None, runner.communicate()[0][-3000:]
+    assert logs and runner.poll() is None, runner.communicate()[0][-3000:]
+    checkpoints = logs[0].parent / "checkpoints"
     runner.send_signal(signal.SIGTERM)
     output = runner.communicate(timeout=120)[0]
     assert runner.returncode != 0
     saved = sorted(p.name for p in checkpoints.glob("checkpoint_*.pth"))
-    assert saved and saved[-1] != "checkpoint_00000040.pth", output[-3000:]
+    assert len(saved) == 1 and saved[0] != "checkpoint_00000060.pth", output[-3000:]
     assert not list(tmp_path.glob("executions/*/train/model/model_final.pth"))
 
     resumed = pipeline(tmp_path, data, "--resume", "--no-progress")
@@ -98,4 +98,4 @@ def test_an_interrupted_run_resumes_training_from_its_checkpoints(tmp_path, data
     assert f"resuming from {saved[-1]}" in resumed.stdout
     train_log = (the_execution(tmp_path) / "train" / "train.log").read_text()
     iteration = int(saved[-1][len("checkpoint_"):-len(".pth")])
-    assert f"at iteration {iteration} of 40" in train_log
+    assert f"at iteration {iteration} of 60" in train_log
