@@ -11,6 +11,7 @@ from botocore.stub import Stubber
 import settings_example as example
 from pipeline import control
 from pipeline.cli import main
+from aws_mock import aws  # noqa: F401  (fixture)
 
 REGION = example.REGION
 EMPTY_DEFINITION = '{"Version": "2020-12-01", "Steps": []}'

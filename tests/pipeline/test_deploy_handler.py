@@ -10,6 +10,7 @@ from botocore.stub import Stubber
 
 from pipeline import deploy_handler
 from pipeline.deploy_handler import DeployError, handler
+from aws_mock import aws  # noqa: F401  (fixture)
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/DetectorSageMaker"

@@ -1,4 +1,4 @@
-"""Fixtures of the pipeline tests: AWS APIs mocked with moto."""
+"""The pipeline tests' AWS: every call goes to moto (import the fixture into a test module)."""
 
 import boto3
 import pytest
