@@ -213,3 +213,18 @@ def test_bad_input_fails_with_a_reason_naming_it(tmp_path, monkeypatch, capsys, 
     assert "Traceback" not in written and len(written) <= 1025
     assert reason in capsys.readouterr().err
     assert not (base / "checkpoints").exists() and not (base / "model").exists()
+
+
+def test_sigterm_during_the_final_evaluation_exits_and_restart_only_evaluates(tmp_path):
+    base = write_training_job(tmp_path, tiny_hyperparameters(max_iter=4, checkpoint_period=100), train_images=64, test_images=64)
+    job = TrainingProcess(base)
+    job.wait_for(r"Overall training speed")
+    job.process.send_signal(signal.SIGTERM)
+    assert job.finish(timeout=60) == 143, job.output[-3000:]
+    assert checkpoints(base) == ["checkpoint_00000004.pth"]
+    assert not (base / "model" / "model_final.pth").exists()
+
+    resumed = run_training(base)
+    assert resumed.process.returncode == 0, resumed.output[-3000:]
+    assert "at iteration 4 of 4" in resumed.output and "Starting training" not in resumed.output
+    assert METRIC_LINE.search(resumed.output) and (base / "model" / "model_final.pth").exists()
