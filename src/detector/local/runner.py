@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .. import pipeline_spec as spec
+from ..coco import find_annotation_file, load_coco
 from ..errors import DetectorError
+from ..model_dir import extract_model_archive
+from ..serving.model_server import free_port, ping
 from ..synthetic import generate_channels
 from .progress import TrainingProgress
 from .registry import LocalModelRegistry, ModelPackage
@@ -53,7 +54,6 @@ class StepRecord:
     name: str
     status: str = "pending"
     seconds: float = 0.0
-    detail: str = ""
 
 
 @dataclass
@@ -112,11 +112,11 @@ class LocalRun:
             result = action()
             record.status = "succeeded"
             return result
-        except PipelineFailed as e:
-            record.status, record.detail = "failed", str(e)
+        except PipelineFailed:
+            record.status = "failed"
             raise
         except DetectorError as e:
-            record.status, record.detail = "failed", str(e)
+            record.status = "failed"
             raise PipelineFailed(f"step {name}: {e}") from e
         finally:
             record.seconds = time.monotonic() - started
@@ -225,21 +225,19 @@ class LocalRun:
             return
         base = self.step_dir(spec.STEP_DEPLOY)
         shutil.rmtree(base, ignore_errors=True)
-        model_dir = base / "model"
-        model_dir.mkdir(parents=True)
-        with tarfile.open(package.model_archive) as tar:
-            tar.extractall(model_dir, filter="data")
+        extract_model_archive(package.model_archive, base / "model")
         port = free_port()
-        log_file = open(base / "serve.log", "w")
         env = self.backend.environment(base, {"SAGEMAKER_BIND_TO_PORT": str(port), "SAGEMAKER_MODEL_SERVER_WORKERS": "1"})
-        self.server = subprocess.Popen(
-            self.backend.command(base, ["serve"], port=port), env=env, stdout=log_file, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(base / "serve.log", "w") as log_file:
+            self.server = subprocess.Popen(
+                self.backend.command(base, ["serve"], port=port), env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, self.server, timeout=120, log=base / "serve.log")
         self.endpoint_url = url
-        image = sorted((testing / "images").glob("*"))[0]
+        dataset = load_coco(find_annotation_file(testing, spec.TESTING_CHANNEL), check_files=False)
+        image = dataset.image_path(dataset.images[0])
         request = urllib.request.Request(
             f"{url}/invocations", data=image.read_bytes(), headers={"Content-Type": "image/png", "Accept": "application/json"}
         )
@@ -308,32 +306,14 @@ def _read_reason(path: Path) -> str | None:
         return None
 
 
-def free_port() -> int:
-    """A free loopback port below 32767 (multi-model-server refuses higher ones)."""
-    import random
-
-    for port in random.sample(range(20000, 32000), 200):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise PipelineFailed("no free port between 20000 and 32000 on 127.0.0.1 for the local endpoint")
-
-
 def wait_healthy(url: str, server: subprocess.Popen, timeout: float, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
             tail = log.read_text()[-1500:] if log.exists() else ""
             raise PipelineFailed(f"step {spec.STEP_DEPLOY}: detector serve exited with status {server.returncode}:\n{tail}")
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, OSError):
-            pass
+        if ping(url)[0] == 200:
+            return
         time.sleep(0.25)
     raise PipelineFailed(f"step {spec.STEP_DEPLOY}: no healthy /ping within {timeout:.0f} s (log: {log})")
 
