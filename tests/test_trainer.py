@@ -183,6 +183,8 @@ BAD_INPUTS = [
     (lambda base: _edit(base, lambda d: d["annotations"][0].update(bbox=[1, 1, 0, 4])), "non-positive size"),
     (lambda base: _edit(base, lambda d: d["annotations"][0].update(category_id=5)), "category_id 5, which is not declared"),
     (lambda base: _edit(base, lambda d: d.update(images=[], annotations=[])), "the dataset is empty"),
+    (lambda base: _edit(base, lambda d: d["categories"].append({"id": 99, "name": "ball"}), channel="testing"),
+     "categories [99] are not among the training channel's categories [3, 7, 12]"),
     (lambda base: _hyperparameters(base, batch_size="eight"), "'batch_size'='eight': expected a whole number"),
     (lambda base: _hyperparameters(base, epochs="3"), "hyperparameter 'epochs' is not known"),
     (lambda base: _hyperparameters(base, model="COCO-Detection/no_such.yaml"), "neither a detectron2 model-zoo config"),
@@ -190,8 +192,8 @@ BAD_INPUTS = [
 ]
 
 
-def _edit(base: Path, change) -> None:
-    path = base / "input/data/training/annotations.json"
+def _edit(base: Path, change, channel: str = "training") -> None:
+    path = base / "input/data" / channel / "annotations.json"
     data = json.loads(path.read_text())
     change(data)
     path.write_text(json.dumps(data))

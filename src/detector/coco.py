@@ -67,6 +67,16 @@ def find_annotation_file(channel_dir: Path, channel: str, file_name: str | None 
     return candidates[0]
 
 
+def require_categories_within(dataset: CocoDataset, known_ids: list[int], whose: str, source: Path | None = None) -> None:
+    """Fail naming the categories of ``dataset`` that ``known_ids`` (a model's or a channel's) lacks."""
+    unknown = sorted({c.id for c in dataset.categories} - set(known_ids))
+    if unknown:
+        origin = f" (from {source})" if source is not None else ""
+        raise InputDataError(
+            f"{dataset.json_path}: categories {unknown} are not among {whose} categories {sorted(known_ids)}{origin}"
+        )
+
+
 def load_coco(path: Path, check_files: bool = True) -> CocoDataset:
     """Read and validate a COCO detection json, raising InputDataError naming what is wrong."""
     try:

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import data as data_module
 from .checkpoint import CheckpointStore, fingerprint_digest
-from .coco import CocoDataset, find_annotation_file, load_coco
+from .coco import CocoDataset, find_annotation_file, load_coco, require_categories_within
 from .d2config import TEST_DATASET, TRAIN_DATASET, build_training_config
 from .environment import TrainingEnvironment
 from .errors import InputDataError
@@ -66,12 +66,7 @@ def load_channels(env: TrainingEnvironment, params: Hyperparameters) -> Channels
     testing = None
     if "testing" in env.channels:
         testing = load_coco(find_annotation_file(env.channels["testing"], "testing", params.testing_annotations))
-        if {c.id for c in testing.categories} - {c.id for c in training.categories}:
-            extra = sorted({c.id for c in testing.categories} - {c.id for c in training.categories})
-            raise InputDataError(
-                f"{testing.json_path}: categories {extra} are not among the training channel's categories "
-                f"{[c.id for c in training.categories]}"
-            )
+        require_categories_within(testing, [c.id for c in training.categories], "the training channel's")
     return Channels(training, testing, LabelMap.from_categories(training.categories))
 
 

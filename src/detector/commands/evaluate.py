@@ -72,9 +72,8 @@ def evaluate_model(model: Path, test_channel: Path, output_dir: Path, annotation
     import logging
     import tempfile
 
-    from ..coco import find_annotation_file, load_coco
+    from ..coco import find_annotation_file, load_coco, require_categories_within
     from ..data import build_test_loader, to_detectron2_dicts
-    from ..errors import InputDataError
     from ..evaluation import coco_box_metrics, predict_dataset, print_metric_lines
     from ..evaluation_report import write_evaluation_json, write_evaluation_plot
     from ..pipeline_spec import EVALUATION_FILE, EVALUATION_PLOT
@@ -86,12 +85,7 @@ def evaluate_model(model: Path, test_channel: Path, output_dir: Path, annotation
         model_dir = resolve_model_dir(model, Path(scratch))
         predictor = Predictor.from_model_dir(model_dir, device)
         labels = predictor.labels
-        unknown = sorted({c.id for c in dataset.categories} - set(labels.dataset_ids))
-        if unknown:
-            raise InputDataError(
-                f"{dataset.json_path}: categories {unknown} are not among the model's categories {labels.dataset_ids} "
-                f"(from {model_dir / 'labels.json'})"
-            )
+        require_categories_within(dataset, labels.dataset_ids, "the model's", model_dir / "labels.json")
         logger.info("Evaluating %s on %d images of %s", model, len(dataset.images), dataset.json_path)
         records = to_detectron2_dicts(dataset, labels)
         detections = predict_dataset(predictor.model, build_test_loader(predictor.cfg, records), labels)
