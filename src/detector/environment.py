@@ -20,8 +20,12 @@ DEFAULT_BASE_DIR = "/opt/ml"
 
 
 def base_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``/opt/ml``, or ``SAGEMAKER_BASE_DIR`` made absolute against the working directory.
+
+    Absolute because it is handed on: multi-model-server, for one, looks a relative model path up
+    under its model store ``/`` instead of the working directory."""
     environ = os.environ if environ is None else environ
-    return Path(environ.get("SAGEMAKER_BASE_DIR") or DEFAULT_BASE_DIR)
+    return Path(environ.get("SAGEMAKER_BASE_DIR") or DEFAULT_BASE_DIR).absolute()
 
 
 def _read_json(path: Path, what: str) -> object:
@@ -218,7 +222,11 @@ class ServingEnvironment:
     max_detections: int
     max_image_pixels: int
     max_batch_images: int = 32
+    # Decoded pixels of one request, all its images together (each costs 3 bytes and more in the model).
+    max_request_pixels: int = 80_000_000
     startup_timeout_s: int = 600
+    # After the last worker holding the model dies: how long a replacement may take to load it.
+    reload_timeout_s: int = 180
     default_accept: str = "application/json"
     # Set by `detector serve` for its workers: where they report that the model loaded (or why not).
     runtime_dir: Path | None = None
@@ -255,7 +263,9 @@ class ServingEnvironment:
             max_detections=number("DETECTOR_MAX_DETECTIONS", 100, 1),
             max_image_pixels=number("DETECTOR_MAX_IMAGE_PIXELS", 40_000_000, 1),
             max_batch_images=number("DETECTOR_MAX_BATCH_IMAGES", 32, 1),
+            max_request_pixels=number("DETECTOR_MAX_REQUEST_PIXELS", 80_000_000, 1),
             startup_timeout_s=number("SAGEMAKER_STARTUP_TIMEOUT", 600, 1),
+            reload_timeout_s=number("DETECTOR_WORKER_RELOAD_TIMEOUT", 180, 1),
             default_accept=environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or "application/json",
             runtime_dir=Path(environ["DETECTOR_SERVE_RUNTIME_DIR"]) if environ.get("DETECTOR_SERVE_RUNTIME_DIR") else None,
         )

@@ -14,12 +14,12 @@ def test_override_properties_replaces_and_adds_keys():
     ]
 
 
-def test_server_properties_keep_management_off_the_serving_port():
+def test_server_properties_keep_the_server_on_loopback_behind_the_front():
     settings = ServingEnvironment.from_env({"SAGEMAKER_BASE_DIR": "/x", "SAGEMAKER_BIND_TO_PORT": "8080",
                                             "SAGEMAKER_MODEL_SERVER_WORKERS": "3"})
-    properties = server_properties(settings, management_port=12345)
+    properties = server_properties(settings, inference_port=23456, management_port=12345)
     assert properties == {
-        "inference_address": "http://0.0.0.0:8080",
+        "inference_address": "http://127.0.0.1:23456",
         "management_address": "http://127.0.0.1:12345",
         "default_workers_per_model": "3",
         "default_response_timeout_seconds": "50",
@@ -34,11 +34,12 @@ def test_toolkit_config_with_overrides(tmp_path, monkeypatch):
 
     settings = ServingEnvironment.from_env({"SAGEMAKER_BASE_DIR": str(tmp_path)})
     text = override_properties(
-        model_server._generate_mms_config_properties(environment.Environment(), "h:handle"), server_properties(settings, 20000)
+        model_server._generate_mms_config_properties(environment.Environment(), "h:handle"),
+        server_properties(settings, 20001, 20000),
     )
     properties = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
     assert properties["management_address"] == "http://127.0.0.1:20000"
-    assert properties["inference_address"] == "http://0.0.0.0:8080"
+    assert properties["inference_address"] == "http://127.0.0.1:20001"
     assert properties["default_service_handler"] == "h:handle"
     assert properties["default_response_timeout_seconds"] == "50"
     assert list(properties).count("management_address") == 1

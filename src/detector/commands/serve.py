@@ -27,45 +27,39 @@ def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stdout)
     log = logging.getLogger("detector.serve")
     stop = threading.Event()
-    starting = threading.Event()
+    interruptible = threading.Event()  # set while a signal may interrupt what runs (the model check)
 
     class Stop(Exception):
         pass
 
     def on_signal(signo, frame):
-        # The first signal interrupts whatever is running (a model load, a wait); the server is then
-        # stopped. While the server is being started, the start finishes first so that it can be stopped.
+        # During the model check the first signal interrupts it; once the server runs, it stops it.
         if not stop.is_set():
             stop.set()
-            if not starting.is_set():
+            if interruptible.is_set():
                 raise Stop
 
     for signo in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signo, on_signal)
 
-    server = None
     try:
         started = time.monotonic()
+        interruptible.set()
         settings = ServingEnvironment.from_env()
+        from ..serving.endpoint import run_endpoint
         from ..serving.inference_handler import InferenceHandler
-        from ..serving.model_server import start_server, wait_until_ready
 
-        # Health must be truthful: a model that cannot load or run never gets a server. Checked on
-        # the CPU so that this process holds no GPU memory; the workers load it on their GPUs.
+        # A model that cannot load or run never gets a server. Checked on the CPU so that this
+        # process holds no GPU memory; the workers load it on their GPUs.
         InferenceHandler(settings).load_model(settings.model_dir, "cpu")
-        log.info("model in %s checked in %.1f s; starting multi-model-server on port %d with %d worker(s)",
-                 settings.model_dir, time.monotonic() - started, settings.port, settings.workers)
-        starting.set()
-        server = start_server(settings)
-        starting.clear()
+        interruptible.clear()
         if stop.is_set():
             raise Stop
-        wait_until_ready(server, settings, stop=stop)
-        log.info("ready: http://0.0.0.0:%d (GET /ping, POST /invocations) after %.1f s", settings.port, time.monotonic() - started)
-        while server.running():
-            server.reap()
-            stop.wait(0.5)
-        raise DetectorError("multi-model-server stopped unexpectedly; the log above says why")
+        log.info("model in %s checked in %.1f s; starting multi-model-server with %d worker(s) behind port %d",
+                 settings.model_dir, time.monotonic() - started, settings.workers, settings.port)
+        run_endpoint(settings, stop, started)
+        log.info("stopped")
+        return 0
     except Stop:
         log.info("stopping")
         return 0
@@ -74,6 +68,3 @@ def run(args) -> int:
             log.exception("detector serve failed")
         print(f"ERROR: {failure_reason(error)}", file=sys.stderr, flush=True)
         return 1
-    finally:
-        if server is not None:
-            server.stop()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .request_errors import BadRequest, PayloadTooLarge, UnsupportedContentType
+from .request_errors import BadRequest, PayloadTooLarge, RequestError, UnsupportedContentType
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
 JSON_TYPE = "application/json"
@@ -33,6 +33,7 @@ class DecodeLimits:
     max_image_pixels: int = 40_000_000
     max_batch_images: int = 32
     max_payload_bytes: int | None = None
+    max_request_pixels: int | None = None  # all images of one request together
 
 
 @dataclass(frozen=True)
@@ -46,16 +47,25 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def _check_pixels(width: int, height: int, limits: DecodeLimits, where: str) -> None:
+def _check_pixels(width: int, height: int, limits: DecodeLimits, where: str, pixels_before: int = 0) -> None:
+    """Refuse an image above the per-image limit (400), or one that takes the request's images
+    together above the per-request limit (413), before any of its pixels is decoded."""
     if width * height > limits.max_image_pixels:
         raise BadRequest(
             f"{where}is {width}x{height} = {width * height} pixels, above the limit of "
             f"{limits.max_image_pixels} (DETECTOR_MAX_IMAGE_PIXELS)"
         )
+    total = pixels_before + width * height
+    if limits.max_request_pixels is not None and total > limits.max_request_pixels:
+        raise PayloadTooLarge(
+            f"{where}({width}x{height}) takes the request to {total} decoded pixels, above the limit of "
+            f"{limits.max_request_pixels} pixels per request (DETECTOR_MAX_REQUEST_PIXELS); send fewer or smaller images"
+        )
 
 
-def decode_image(data: bytes, limits: DecodeLimits, where: str = "") -> np.ndarray:
-    """Encoded image bytes to an HxWx3 uint8 RGB array; ``where`` prefixes error messages."""
+def decode_image(data: bytes, limits: DecodeLimits, where: str = "", pixels_before: int = 0) -> np.ndarray:
+    """Encoded image bytes to an HxWx3 uint8 RGB array; ``where`` prefixes error messages and
+    ``pixels_before`` counts the pixels of the request's images decoded before this one."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not data:
@@ -65,13 +75,13 @@ def decode_image(data: bytes, limits: DecodeLimits, where: str = "") -> np.ndarr
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))  # reads the header only
-            _check_pixels(*image.size, limits, prefix)
+            _check_pixels(*image.size, limits, prefix, pixels_before)
             image.load()
             image = ImageOps.exif_transpose(image)
             if image.mode != "RGB":
                 image = image.convert("RGB")  # alpha is dropped, gray and palette expanded
             return np.asarray(image)
-    except BadRequest:
+    except RequestError:
         raise
     except UnidentifiedImageError:
         raise BadRequest(f"{prefix}is not an image Pillow can decode ({len(data)} bytes)") from None
@@ -81,14 +91,14 @@ def decode_image(data: bytes, limits: DecodeLimits, where: str = "") -> np.ndarr
         raise BadRequest(f"{prefix}cannot be decoded: {e}") from None
 
 
-def decode_base64_image(value: object, limits: DecodeLimits, where: str) -> np.ndarray:
+def decode_base64_image(value: object, limits: DecodeLimits, where: str, pixels_before: int = 0) -> np.ndarray:
     if not isinstance(value, str):
         raise BadRequest(f"{where}: expected a base64 string, got {type(value).__name__}")
     try:
         data = base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError) as e:
         raise BadRequest(f"{where}: not valid base64 ({e})") from None
-    return decode_image(data, limits, f"{where}: image ")
+    return decode_image(data, limits, f"{where}: image ", pixels_before)
 
 
 def decode_json(body: bytes, limits: DecodeLimits) -> DecodedImages:
@@ -111,11 +121,13 @@ def decode_json(body: bytes, limits: DecodeLimits) -> DecodedImages:
             f"JSON body: {len(instances)} instances, above the limit of {limits.max_batch_images} "
             "images per request (DETECTOR_MAX_BATCH_IMAGES)"
         )
-    images = []
+    images, pixels = [], 0
     for index, instance in enumerate(instances):
         if not isinstance(instance, dict) or "image" not in instance:
             raise BadRequest(f'instances[{index}]: expected an object {{"image": "<base64>"}}')
-        images.append(decode_base64_image(instance["image"], limits, f"instances[{index}].image"))
+        image = decode_base64_image(instance["image"], limits, f"instances[{index}].image", pixels)
+        pixels += image.shape[0] * image.shape[1]
+        images.append(image)
     return DecodedImages(images, batch=True)
 
 

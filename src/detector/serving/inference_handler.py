@@ -70,7 +70,8 @@ class InferenceHandler:
                 f"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT={settings.default_accept!r}: expected one of {', '.join(SUPPORTED_ACCEPT)}"
             )
         self.settings = settings
-        self.limits = DecodeLimits(settings.max_image_pixels, settings.max_batch_images, settings.max_payload_bytes)
+        self.limits = DecodeLimits(settings.max_image_pixels, settings.max_batch_images, settings.max_payload_bytes,
+                                   settings.max_request_pixels)
         self.defaults = InferenceOptions(settings.score_threshold, settings.max_detections)
 
     def model_fn(self, model_dir: str | Path, context=None) -> Predictor:

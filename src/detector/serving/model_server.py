@@ -4,10 +4,12 @@
 group; that process runs the toolkit's ``start_model_server`` with these changes to the toolkit:
 
 - its config file goes to a private runtime directory instead of ``/etc/sagemaker-mms.properties``;
+- inference listens on a loopback port behind the front (``front.py``) that owns the serving port;
 - the management API (register, scale and delete models) listens on a loopback port of its own,
   never on the serving port;
 - the response timeout is written in seconds and the request size limit from
   ``SAGEMAKER_MAX_PAYLOAD_IN_MB`` (the toolkit reads ``SAGEMAKER_MODEL_SERVER_TIMEOUT`` in minutes);
+- its log configuration (``log4j2.xml``) logs to standard output only, and nothing per request;
 - nothing from ``model/code`` is installed or put on the Python path (a model is data, not code);
 - the server process is looked for in this process's own process group only, so two servers on one
   host do not mistake each other's JVM for their own.
@@ -35,11 +37,11 @@ from pathlib import Path
 
 from ..environment import ServingEnvironment, environ_with
 from ..errors import DetectorError
-from .worker_status import ready_workers, worker_failure
 
 HANDLER = "detector.serving.handler_service:handle"
 MMS_NAMESPACE = "com.amazonaws.ml.mms.ModelServer"
 STOP_GRACE_S = 10.0
+LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -61,12 +63,13 @@ def override_properties(text: str, overrides: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def server_properties(settings: ServingEnvironment, management_port: int) -> dict[str, str]:
+def server_properties(settings: ServingEnvironment, inference_port: int, management_port: int) -> dict[str, str]:
     return {
-        "inference_address": f"http://0.0.0.0:{settings.port}",
+        "inference_address": f"http://127.0.0.1:{inference_port}",
         "management_address": f"http://127.0.0.1:{management_port}",
         "default_workers_per_model": str(settings.workers),
         "default_response_timeout_seconds": str(settings.response_timeout_s),
+        # The front refuses larger bodies with a JSON 413 before they get here.
         "max_request_size": str(settings.max_payload_bytes),
     }
 
@@ -75,7 +78,7 @@ def server_properties(settings: ServingEnvironment, management_port: int) -> dic
 class ServerProcess:
     process: subprocess.Popen
     runtime_dir: Path
-    port: int
+    port: int  # multi-model-server's inference port, on loopback
     management_port: int
 
     @property
@@ -153,7 +156,10 @@ def _only_zombies(pgid: int) -> bool:
 def start_server(settings: ServingEnvironment) -> ServerProcess:
     """Start the launcher in a new process group; returns at once (see ``wait_until_ready``)."""
     runtime_dir = Path(tempfile.mkdtemp(prefix="detector-serve-"))
+    inference_port = free_port()
     management_port = free_port()
+    while management_port == inference_port or settings.port in (inference_port, management_port):
+        management_port, inference_port = free_port(), free_port()
     bin_dir = str(Path(sys.executable).parent)
     # Workers import this same copy of the package, wherever it was imported from.
     package_root = str(Path(__file__).resolve().parents[2])
@@ -163,13 +169,12 @@ def start_server(settings: ServingEnvironment) -> ServerProcess:
             # The toolkit runs `multi-model-server` from PATH.
             "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
             "SAGEMAKER_BASE_DIR": str(settings.base_dir),
-            "SAGEMAKER_BIND_TO_PORT": str(settings.port),
             "SAGEMAKER_MODEL_SERVER_WORKERS": str(settings.workers),
             # multi-model-server's pid file and the workers' sockets: private to this server.
             "TMPDIR": str(runtime_dir),
             "TEMP": str(runtime_dir),
             "DETECTOR_SERVE_RUNTIME_DIR": str(runtime_dir),
-            # multi-model-server's log files (everything that matters also goes to stdout).
+            # Where multi-model-server's own default log configuration would write files.
             "LOG_LOCATION": str(runtime_dir / "logs"),
             "METRICS_LOCATION": str(runtime_dir / "logs"),
             "PYTHONPATH": python_path,
@@ -180,11 +185,12 @@ def start_server(settings: ServingEnvironment) -> ServerProcess:
     command = [
         sys.executable, "-m", "detector.serving.model_server",
         "--runtime-dir", str(runtime_dir),
+        "--inference-port", str(inference_port),
         "--management-port", str(management_port),
         "--parent-pid", str(os.getpid()),
     ]
     process = subprocess.Popen(command, env=env, start_new_session=True)
-    return ServerProcess(process, runtime_dir, settings.port, management_port)
+    return ServerProcess(process, runtime_dir, inference_port, management_port)
 
 
 def ping(url: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -203,47 +209,21 @@ def ping(url: str, timeout: float = 2.0) -> tuple[int, str]:
         return status, body.decode(errors="replace")
 
 
-def wait_until_ready(server: ServerProcess, settings: ServingEnvironment, stop=None) -> None:
-    """Wait until ``/ping`` is healthy and every worker has loaded and warmed up the model.
-
-    Raises ``DetectorError`` with the reason when a worker cannot load the model, the server
-    exits, or ``SAGEMAKER_STARTUP_TIMEOUT`` passes; returns early when the ``stop`` event is set.
-    """
-    deadline = time.monotonic() + settings.startup_timeout_s
-    last = ""
-    while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
-        failure = worker_failure(server.runtime_dir)
-        if failure is not None:
-            raise DetectorError(f"the model server's worker could not load the model: {failure}")
-        if not server.running():
-            raise DetectorError(f"the model server exited with code {server.process.returncode} while starting; the log above says why")
-        code, status = ping(server.url)
-        last = f"/ping answered {code} {status!r}" if code else f"/ping unreachable ({status})"
-        if code == 200 and status == "Healthy" and ready_workers(server.runtime_dir) >= settings.workers:
-            return
-        time.sleep(0.1)
-    if stop is not None and stop.is_set():
-        return
-    raise DetectorError(
-        f"the model server was not ready within {settings.startup_timeout_s} s (SAGEMAKER_STARTUP_TIMEOUT); "
-        f"{ready_workers(server.runtime_dir)} of {settings.workers} workers loaded the model; last {last}"
-    )
-
-
 # --- the launcher process ----------------------------------------------------------------------
 
 
-def _patch_toolkit(model_server, runtime_dir: Path, settings: ServingEnvironment, management_port: int) -> None:
+def _patch_toolkit(model_server, runtime_dir: Path, settings: ServingEnvironment, inference_port: int, management_port: int) -> None:
     import psutil
 
     model_server.MMS_CONFIG_FILE = str(runtime_dir / "mms.properties")
+    model_server.DEFAULT_MMS_LOG_FILE = str(LOG_CONFIG)
     model_server.REQUIREMENTS_PATH = str(runtime_dir / "requirements-are-not-installed.txt")
     model_server._set_python_path = lambda: None
 
     generate = model_server._generate_mms_config_properties
 
     def generate_with_overrides(env, handler_service=None):
-        return override_properties(generate(env, handler_service), server_properties(settings, management_port))
+        return override_properties(generate(env, handler_service), server_properties(settings, inference_port, management_port))
 
     model_server._generate_mms_config_properties = generate_with_overrides
 
@@ -292,6 +272,7 @@ def _stop_with_parent(parent_pid: int) -> None:
 def launcher_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m detector.serving.model_server")
     parser.add_argument("--runtime-dir", type=Path, required=True)
+    parser.add_argument("--inference-port", type=int, required=True)
     parser.add_argument("--management-port", type=int, required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
     args = parser.parse_args(argv)
@@ -301,7 +282,7 @@ def launcher_main(argv: list[str] | None = None) -> int:
     # Imported only now: the toolkit reads SAGEMAKER_BASE_DIR at import time.
     from sagemaker_inference import model_server
 
-    _patch_toolkit(model_server, args.runtime_dir, settings, args.management_port)
+    _patch_toolkit(model_server, args.runtime_dir, settings, args.inference_port, args.management_port)
     model_server.start_model_server(handler_service=HANDLER)
     return 0
 
