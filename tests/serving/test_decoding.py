@@ -191,3 +191,28 @@ def test_npy_garbage():
 def test_npy_above_the_pixel_limit():
     limits = DecodeLimits(max_image_pixels=10)
     assert "npy array is 4x3 = 12 pixels" in rejected(samples.npy(np.zeros((3, 4, 3), np.uint8)), "application/x-npy", limits)
+
+
+def solid_png(width: int, height: int) -> bytes:
+    """A PNG of one colour: a few hundred bytes however many pixels it holds."""
+    return samples.encode(samples.Image.new("RGB", (width, height), (10, 200, 30)), "PNG")
+
+
+def test_a_request_above_the_pixel_budget_is_413_before_the_image_that_crosses_it_is_decoded():
+    limits = DecodeLimits(max_image_pixels=1_000_000, max_batch_images=32, max_request_pixels=2_500_000)
+    body = samples.json_batch(*[solid_png(1000, 1000)] * 3)
+    assert len(body) < 30_000  # a small body that decodes to 3 million pixels
+    with pytest.raises(PayloadTooLarge) as error:
+        decode_body(body, "application/json", limits)
+    assert error.value.status == 413
+    assert error.value.message == (
+        "instances[2].image: image (1000x1000) takes the request to 3000000 decoded pixels, above the limit of "
+        "2500000 pixels per request (DETECTOR_MAX_REQUEST_PIXELS); send fewer or smaller images"
+    )
+    assert len(decode_body(samples.json_batch(*[solid_png(1000, 1000)] * 2), "application/json", limits).images) == 2
+
+
+def test_one_image_above_the_pixel_budget_is_413():
+    limits = DecodeLimits(max_image_pixels=1_000_000, max_request_pixels=500_000)
+    with pytest.raises(PayloadTooLarge, match="takes the request to 640000 decoded pixels"):
+        decode_body(solid_png(800, 800), "image/png", limits)

@@ -14,6 +14,7 @@ from detector.synthetic import CATEGORIES
 pytestmark = pytest.mark.slow
 
 MAX_PIXELS = 2_000_000
+MAX_REQUEST_PIXELS = 2_500_000
 NAMES = {c["id"]: c["name"] for c in CATEGORIES}
 
 
@@ -21,7 +22,7 @@ NAMES = {c["id"]: c["name"] for c in CATEGORIES}
 def server(tiny_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     process, url = start_serve(tiny_model, log, DETECTOR_SCORE_THRESHOLD="0", DETECTOR_MAX_IMAGE_PIXELS=str(MAX_PIXELS),
-                               DETECTOR_MAX_BATCH_IMAGES="8")
+                               DETECTOR_MAX_BATCH_IMAGES="8", DETECTOR_MAX_REQUEST_PIXELS=str(MAX_REQUEST_PIXELS))
     try:
         wait_until_serving(process, log)
         yield url
@@ -145,6 +146,23 @@ def test_payload_above_the_limit_is_413(server):
     assert status == 413
 
 
+def test_payload_above_the_limit_has_a_json_body_naming_the_limit(server):
+    response = invoke(server, b"\0" * (6 * 1024 * 1024 + 1), "application/x-npy")
+    assert response.status_code == 413
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.json() == {
+        "error": f"request body is {6 * 1024 * 1024 + 1} bytes, above the limit of {6 * 1024 * 1024} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB=6)"
+    }
+
+
+def test_a_small_request_that_decodes_to_too_many_pixels_is_413(server):
+    solid = samples.encode(samples.Image.new("RGB", (1000, 1000), (10, 200, 30)), "PNG")
+    response = invoke(server, samples.json_batch(solid, solid, solid), "application/json")
+    assert response.status_code == 413
+    assert f"above the limit of {MAX_REQUEST_PIXELS} pixels per request (DETECTOR_MAX_REQUEST_PIXELS)" in response.json()["error"]
+    assert invoke(server, samples.json_batch(solid, solid), "application/json").status_code == 200
+
+
 def test_still_healthy_after_hundreds_of_malformed_requests(server):
     cases = list(ERROR_CASES.values())
     with requests.Session() as session:
@@ -166,4 +184,5 @@ def test_still_healthy_after_hundreds_of_malformed_requests(server):
 def test_management_api_is_not_on_the_serving_port(server, method, path):
     response = requests.request(method, f"{server}{path}", timeout=10)
     assert response.status_code in (404, 405)
+    assert "not found" in response.json()["error"]
     assert requests.get(f"{server}/ping", timeout=5).json()["status"] == "Healthy"
