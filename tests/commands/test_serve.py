@@ -127,3 +127,24 @@ def test_serve_ends_when_the_model_server_dies(tiny_model, tmp_path):
         if process.poll() is None:
             process.kill()
     assert "ERROR: multi-model-server stopped unexpectedly" in log.read_text()
+
+
+@pytest.mark.slow
+def test_a_relative_base_dir_serves_from_the_working_directory(tiny_model, tmp_path):
+    from detector.serving.model_server import free_port
+
+    shutil.copytree(tiny_model / "model", tmp_path / "job" / "model")
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = detector_env(None, SAGEMAKER_BASE_DIR="job", SAGEMAKER_BIND_TO_PORT=str(port))
+    with open(log, "wb") as out:
+        process = subprocess.Popen(detector_command("serve"), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        wait_until_serving(process, log)
+        png = (tiny_model / "input" / "data" / "testing" / "images").iterdir().__next__().read_bytes()
+        response = requests.post(f"http://127.0.0.1:{port}/invocations", data=png, headers={"Content-Type": "image/png"}, timeout=60)
+        assert response.status_code == 200, response.text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    assert f"model in {tmp_path / 'job' / 'model'} checked" in log.read_text()

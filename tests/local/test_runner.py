@@ -99,3 +99,35 @@ def test_an_interrupted_run_resumes_training_from_its_checkpoints(tmp_path, data
     train_log = (the_execution(tmp_path) / "train" / "train.log").read_text()
     iteration = int(saved[-1][len("checkpoint_"):-len(".pth")])
     assert f"at iteration {iteration} of 60" in train_log
+
+
+def test_relative_root_from_the_project_root_and_from_another_directory(tmp_path, data):
+    """The README's default `--root runs/pipeline` is relative: every step, serving included, must work with it."""
+    for cwd in (tmp_path / "project", tmp_path / "elsewhere" / "deeper"):
+        cwd.mkdir(parents=True)
+        result = subprocess.run(
+            detector_command("pipeline", "--local", "--root", "runs/pipeline", "--data", str(data), *SMALL, "--param", "MinTestingAP=0"),
+            env=detector_env(), capture_output=True, text=True, timeout=600, cwd=cwd,
+        )
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+        assert re.search(r"^  Deploy\s+succeeded", result.stdout, re.M)
+        execution = the_execution(cwd / "runs" / "pipeline")
+        assert json.loads((execution / "deploy" / "response.json").read_text())["image"]
+        assert (cwd / "runs" / "pipeline" / "registry" / "detector" / "1" / "package.json").exists()
+
+
+def test_a_failing_step_is_named_with_its_reason_and_log_and_no_traceback(tmp_path, data):
+    """The endpoint refuses the request (its pixel limit is set below the test image's size): the Deploy
+    step fails with the HTTP status, the server's JSON error and the end of its log."""
+    result = subprocess.run(
+        detector_command("pipeline", "--local", "--root", str(tmp_path), "--data", str(data), *SMALL, "--param", "MinTestingAP=0"),
+        env=detector_env(DETECTOR_MAX_IMAGE_PIXELS="100"), capture_output=True, text=True, timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-4000:]
+    assert re.search(r"Pipeline failed: step Deploy failed: POST /invocations with \S+\.png answered HTTP 400: "
+                     r"image is 128x128 = 16384 pixels, above the limit of 100 \(DETECTOR_MAX_IMAGE_PIXELS\)", output), output[-3000:]
+    log = the_execution(tmp_path) / "deploy" / "serve.log"
+    assert f"last lines of {log}:" in output
+    assert re.search(r"^  Deploy\s+failed", result.stdout, re.M)
+    assert "Traceback" not in output

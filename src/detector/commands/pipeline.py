@@ -23,7 +23,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--serve-image", default="detector-serve:latest", help="with --backend docker")
     parser.add_argument("--gpus", action="store_true", help="with --backend docker: give the containers all GPUs")
     parser.add_argument("--keep-serving", action="store_true", help="leave the endpoint running after the run")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no training progress (default: a bar in a terminal, else a plain line every 30 s)")
 
 
 def run(args) -> int:
@@ -36,6 +37,8 @@ def run(args) -> int:
     from ..local.backends import DockerBackend, ProcessBackend
     from ..local.runner import LOCAL_PARAMETER_DEFAULTS, LocalRun, stop_server
 
+    # Each line as it happens, also into a pipe or a file (CI logs, `| tee`).
+    sys.stdout.reconfigure(line_buffering=True)
     try:
         overrides = spec.parse_overrides(args.param)
         executions = args.root / "executions"
@@ -65,7 +68,7 @@ def run(args) -> int:
             backend=backend,
             data_dir=args.data,
             keep_serving=args.keep_serving,
-            progress=not args.no_progress and sys.stderr.isatty(),
+            progress="none" if args.no_progress else "bar" if sys.stdout.isatty() and sys.stderr.isatty() else "lines",
         )
     except DetectorError as e:
         print(f"ERROR: {e}", file=sys.stderr)

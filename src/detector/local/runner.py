@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tarfile
 import time
+import traceback
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,9 @@ from .progress import TrainingProgress
 from .registry import LocalModelRegistry, ModelPackage
 
 MODEL_PACKAGE_GROUP = "detector"
+LOG_TAIL_LINES = 12
+# Each step's log, under its folder: what a failure message points to.
+STEP_LOGS = {spec.STEP_TRAIN: "train.log", spec.STEP_EVALUATE: "evaluate.log", spec.STEP_DEPLOY: "serve.log"}
 
 # The SageMaker defaults train R50-FPN for 90k iterations on a GPU. On a CPU the local run trains the
 # small packaged model instead; every other parameter keeps the pipeline's default.
@@ -64,7 +69,7 @@ class LocalRun:
     backend: object
     data_dir: Path | None = None
     keep_serving: bool = False
-    progress: bool = True
+    progress: str = "bar"  # "bar" (a terminal), "lines" (plain lines for logs) or "none"
     hyperparameters: dict[str, str] = field(default_factory=lambda: dict(LOCAL_HYPERPARAMETERS))
     log: Callable[[str], None] = print
     steps: list[StepRecord] = field(default_factory=list)
@@ -79,6 +84,20 @@ class LocalRun:
 
     def step_dir(self, name: str) -> Path:
         return self.execution_dir / name.lower()
+
+    def step_log(self, name: str) -> Path:
+        return self.step_dir(name) / STEP_LOGS.get(name, f"{name.lower()}.log")
+
+    def failed(self, name: str, what: str) -> "PipelineFailed":
+        """The failure of step ``name``: what failed, then the end of the step's log and where it is."""
+        log = self.step_log(name)
+        message = f"step {name} failed: {what}"
+        tail = log_tail(log)
+        if tail:
+            message += f"\n  last lines of {log}:\n" + "\n".join(f"    {line}" for line in tail)
+        elif log.exists():
+            message += f" (log: {log})"
+        return PipelineFailed(message)
 
     # -- orchestration ------------------------------------------------------------------------
 
@@ -117,7 +136,15 @@ class LocalRun:
             raise
         except DetectorError as e:
             record.status = "failed"
-            raise PipelineFailed(f"step {name}: {e}") from e
+            raise self.failed(name, str(e)) from e
+        except Exception as e:
+            # A fault of this program, not of the user's input: the traceback goes to the step's log.
+            record.status = "failed"
+            log = self.step_log(name)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a") as f:
+                traceback.print_exception(type(e), e, e.__traceback__, file=f)
+            raise PipelineFailed(f"step {name} failed: unexpected {type(e).__name__}: {e} (traceback in {log})") from e
         finally:
             record.seconds = time.monotonic() - started
 
@@ -163,12 +190,11 @@ class LocalRun:
         if checkpoints:
             self.log(f"  resuming from {checkpoints[-1].name} (like a Spot restart)")
 
-        progress = TrainingProgress(sys.stderr, enabled=self.progress)
-        code = self._run_logged(["train"], base, base / "train.log", progress.line)
+        progress = TrainingProgress(sys.stderr if self.progress == "bar" else sys.stdout, mode=self.progress)
+        code = self._run_logged(["train"], base, self.step_log(spec.STEP_TRAIN), progress.line)
         progress.close()
         if code != 0:
-            reason = _read_reason(base / "output" / "failure") or f"exit status {code}"
-            raise PipelineFailed(f"step {spec.STEP_TRAIN} failed: {reason} (log: {base / 'train.log'})")
+            raise self.failed(spec.STEP_TRAIN, exit_reason(code, base / "output" / "failure"))
         self.metrics.update(progress.metrics)
         for name in ("training_ap", "testing_ap"):
             if name in progress.metrics:
@@ -188,10 +214,9 @@ class LocalRun:
         model_input.mkdir(parents=True)
         shutil.copyfile(model_archive, model_input / "model.tar.gz")
         shutil.copytree(testing, base / "processing" / "test")
-        code = self._run_logged(["evaluate"], base, base / "evaluate.log")
+        code = self._run_logged(["evaluate"], base, self.step_log(spec.STEP_EVALUATE))
         if code != 0:
-            reason = _read_reason(base / "output" / "message") or f"exit status {code}"
-            raise PipelineFailed(f"step {spec.STEP_EVALUATE} failed: {reason} (log: {base / 'evaluate.log'})")
+            raise self.failed(spec.STEP_EVALUATE, exit_reason(code, base / "output" / "message"))
         path = base / "processing" / spec.EVALUATION_OUTPUT / spec.EVALUATION_FILE
         evaluation = json.loads(path.read_text())
         self.log(f"  {path}")
@@ -228,21 +253,21 @@ class LocalRun:
         extract_model_archive(package.model_archive, base / "model")
         port = free_port()
         env = self.backend.environment(base, {"SAGEMAKER_BIND_TO_PORT": str(port), "SAGEMAKER_MODEL_SERVER_WORKERS": "1"})
-        with open(base / "serve.log", "w") as log_file:
+        log = self.step_log(spec.STEP_DEPLOY)
+        with open(log, "w") as log_file:
             self.server = subprocess.Popen(
                 self.backend.command(base, ["serve"], port=port), env=env, stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, self.server, timeout=120, log=base / "serve.log")
+        self.wait_healthy(url, timeout=120)
         self.endpoint_url = url
         dataset = load_coco(find_annotation_file(testing, spec.TESTING_CHANNEL), check_files=False)
         image = dataset.image_path(dataset.images[0])
-        request = urllib.request.Request(
-            f"{url}/invocations", data=image.read_bytes(), headers={"Content-Type": "image/png", "Accept": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.loads(response.read())
+        status, answer = post_json(f"{url}/invocations", image.read_bytes(), "image/png")
+        if status != 200:
+            error = answer.get("error", answer) if isinstance(answer, dict) else answer
+            raise self.failed(spec.STEP_DEPLOY, f"POST /invocations with {image.name} answered HTTP {status}: {error}")
         detections = answer.get("detections", [])
         best = ", ".join(f"{d['label']} {d['score']:.2f}" for d in detections[:3]) or "nothing"
         self.log(f"  endpoint {url}/invocations answered {len(detections)} detections for {image.name} ({best})")
@@ -250,6 +275,16 @@ class LocalRun:
         (base / "response.json").write_text(json.dumps(answer, indent=2))
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def wait_healthy(self, url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.server.poll() is not None:
+                raise self.failed(spec.STEP_DEPLOY, f"detector serve exited with status {self.server.returncode}")
+            if ping(url)[0] == 200:
+                return
+            time.sleep(0.25)
+        raise self.failed(spec.STEP_DEPLOY, f"/ping did not answer 200 within {timeout:.0f} s")
 
     def _run_logged(self, args: list[str], base: Path, log_path: Path, on_line=None) -> int:
         with open(log_path, "a", buffering=1) as log:
@@ -306,16 +341,34 @@ def _read_reason(path: Path) -> str | None:
         return None
 
 
-def wait_healthy(url: str, server: subprocess.Popen, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            tail = log.read_text()[-1500:] if log.exists() else ""
-            raise PipelineFailed(f"step {spec.STEP_DEPLOY}: detector serve exited with status {server.returncode}:\n{tail}")
-        if ping(url)[0] == 200:
-            return
-        time.sleep(0.25)
-    raise PipelineFailed(f"step {spec.STEP_DEPLOY}: no healthy /ping within {timeout:.0f} s (log: {log})")
+def exit_reason(code: int, failure_file: Path) -> str:
+    """What a container command's exit says: its status and the reason it left in its failure file."""
+    reason = _read_reason(failure_file)
+    return f"exit status {code}: {reason}" if reason else f"exit status {code} (no reason in {failure_file})"
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
+
+
+def post_json(url: str, body: bytes, content_type: str, timeout: float = 60) -> tuple[int, object]:
+    """(HTTP status, the decoded JSON answer, or its text when it is not JSON) of a POST."""
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type, "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, data = response.status, response.read()
+    except urllib.error.HTTPError as e:
+        status, data = e.code, e.read()
+    except (urllib.error.URLError, OSError) as e:
+        return 0, f"no answer ({getattr(e, 'reason', e)})"
+    try:
+        return status, json.loads(data)
+    except ValueError:
+        return status, data.decode(errors="replace")[:500]
 
 
 def stop_server(server: subprocess.Popen) -> None:
