@@ -95,7 +95,7 @@ def test_does_not_import_the_sdk():
 
 
 def test_every_parameter_is_documented_with_its_default():
-    docs = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "pipeline.md").read_text()
     for p in pipeline_spec.PARAMETERS:
         default = str(p.default).replace("{root}", "<root>")
         assert f"| `{p.name}` | {p.type} | `{default}` |" in docs, p.name
