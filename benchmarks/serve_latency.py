@@ -5,9 +5,11 @@ Measures, in interleaved rounds so that background load affects every mode alike
 - raw:        ``Predictor.predict`` on decoded RGB arrays (detectron2's model call, no request handling)
 - predict:    the handler path of ``detector predict`` in-process (PNG bytes -> decode -> model -> JSON)
 - serve c=N:  ``POST /invocations`` of PNG bytes to a real ``detector serve`` at concurrency N
+- direct:     the same request sent past the front, to multi-model-server's loopback port (what the front costs)
 - json 1/B:   base64 JSON with one image, and a ``{"instances": [...]}`` batch of B images, concurrency 1
 
-and prints p50/p99 latency, requests/s, images/s and the serving overhead (serve c=1 p50 - raw p50).
+and prints p50/p99 latency, requests/s, images/s, the serving overhead (serve c=1 p50 - raw p50) and
+the front's share of it (serve c=1 p50 - direct p50).
 ``detector predict`` is also run once as a command to show its start-up cost.
 
 Usage: python benchmarks/serve_latency.py [--model-dir DIR | --config CONFIG] [--image-size PX] [--rounds R]
@@ -23,6 +25,7 @@ import http.client
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -137,7 +140,7 @@ class Client:
         return data
 
 
-def start_server(base_dir: Path, port: int, workers: int, log_path: Path) -> tuple[subprocess.Popen, float]:
+def start_server(base_dir: Path, port: int, workers: int, log_path: Path) -> tuple[subprocess.Popen, float, int]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
@@ -153,7 +156,8 @@ def start_server(base_dir: Path, port: int, workers: int, log_path: Path) -> tup
         if process.poll() is not None:
             raise SystemExit(f"detector serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.1)
-    return process, time.perf_counter() - start
+    internal = re.search(rb"multi-model-server on 127\.0\.0\.1:(\d+)", log_path.read_bytes())
+    return process, time.perf_counter() - start, int(internal.group(1))
 
 
 def main() -> int:
@@ -200,8 +204,9 @@ def main() -> int:
 
         content_type = "image/png" if args.format == "png" else "image/jpeg"
         port = free_port()
-        server, startup_s = start_server(base, port, args.workers, work / "serve.log")
+        server, startup_s, internal_port = start_server(base, port, args.workers, work / "serve.log")
         client = Client(port)
+        direct = Client(internal_port)
 
         def handler_path(data: bytes) -> None:
             request = handler.decode(data, "application/x-image")
@@ -211,6 +216,7 @@ def main() -> int:
             "raw": Mode("raw Predictor.predict (1 image)"),
             "predict": Mode(f"detector predict path, in-process ({args.format})"),
             "serve1": Mode(f"detector serve HTTP, {args.format}, concurrency 1"),
+            "direct1": Mode(f"multi-model-server past the front, {args.format}, c=1"),
             "serveN": Mode(f"detector serve HTTP, {args.format}, concurrency {args.concurrency}", concurrency=args.concurrency),
             "json1": Mode("detector serve HTTP, JSON 1 image, concurrency 1"),
             "jsonB": Mode(f"detector serve HTTP, JSON batch of {args.batch}, concurrency 1", images_per_request=args.batch),
@@ -221,11 +227,13 @@ def main() -> int:
         for i in range(3):
             predictor.predict([arrays[i]])
             client.post(encoded[i], content_type)
+            direct.post(encoded[i], content_type)
             client.post(batches[i], "application/json")
         for r in range(args.rounds):
             timed(modes["raw"], [lambda a=a: predictor.predict([a]) for a in pick(arrays, r)])
             timed(modes["predict"], [lambda p=p: handler_path(p) for p in pick(encoded, r)])
             timed(modes["serve1"], [lambda p=p: client.post(p, content_type) for p in pick(encoded, r)])
+            timed(modes["direct1"], [lambda p=p: direct.post(p, content_type) for p in pick(encoded, r)])
             timed(modes["serveN"], [lambda p=p: client.post(p, content_type) for p in pick(encoded, r)], args.concurrency)
             timed(modes["json1"], [lambda b=b: client.post(b, "application/json") for b in pick(single_json, r)])
             timed(modes["jsonB"], [lambda b=b: client.post(b, "application/json") for b in pick(batches, r)[: max(1, n // args.batch)]])
@@ -242,7 +250,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     rows = [m.row() for m in modes.values()]
-    raw, serve1 = modes["raw"].row(), modes["serve1"].row()
+    raw, serve1, direct1 = modes["raw"].row(), modes["serve1"].row(), modes["direct1"].row()
     json1, jsonB = modes["json1"].row(), modes["jsonB"].row()
     summary = {
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
@@ -254,6 +262,7 @@ def main() -> int:
         "predict_command_s": round(command_s, 2),
         "predict_command_images": len(files),
         "serving_overhead_p50_ms": serve1["p50_ms"] - raw["p50_ms"],
+        "front_p50_ms": serve1["p50_ms"] - direct1["p50_ms"],
         "batch_vs_single_json_images_per_s": jsonB["images_per_s"] / json1["images_per_s"],
     }
     print(f"\n{summary['machine']} (1-minute load average at the end: {summary['load_average_at_end']}; "
@@ -263,7 +272,8 @@ def main() -> int:
     for row in rows:
         print(f"{row['mode']:52} {row['requests']:5d} {row['p50_ms']:8.1f} {row['p99_ms']:8.1f} "
               f"{row['requests_per_s']:7.1f} {row['images_per_s']:7.1f} {row['p50_ms_per_image']:10.1f}")
-    print(f"serving overhead (serve c=1 p50 - raw p50): {summary['serving_overhead_p50_ms']:.1f} ms")
+    print(f"serving overhead (serve c=1 p50 - raw p50): {summary['serving_overhead_p50_ms']:.1f} ms, "
+          f"of which the front (serve c=1 p50 - direct p50): {summary['front_p50_ms']:.1f} ms")
     print(f"batched JSON vs one-image JSON, images/s: {summary['batch_vs_single_json_images_per_s']:.2f}x")
     print(f"detector serve start-up to ready: {summary['serve_startup_to_ready_s']:.1f} s; "
           f"`detector predict` on {len(files)} images as a command: {command_s:.1f} s (includes start-up)")

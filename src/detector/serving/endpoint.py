@@ -101,6 +101,7 @@ async def _serve(settings: ServingEnvironment, server: ServerProcess, stop: thre
     watch = WorkerWatch(server, settings, started)
     front = Front(server.port, watch.unavailable, settings.max_payload_bytes, settings.response_timeout_s)
     await front.start("0.0.0.0", settings.port)
+    logger.info("front on port %d; multi-model-server on 127.0.0.1:%d behind it", settings.port, server.port)
     try:
         while not stop.is_set():
             server.reap()
