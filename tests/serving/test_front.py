@@ -140,3 +140,17 @@ def test_other_paths_are_404_json(front):
     for method, path in [("GET", "/models"), ("POST", "/models?url=x.mar"), ("DELETE", "/models/model"), ("GET", "/")]:
         response = requests.request(method, f"{url}{path}")
         assert response.status_code == 404 and "this port serves GET /ping and POST /invocations" in response.json()["error"]
+
+
+def test_a_port_in_use_is_a_clear_error():
+    import socket
+
+    from detector.errors import DetectorError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        front = Front(free_port(), lambda: None, LIMIT, response_timeout_s=5)
+        with pytest.raises(DetectorError, match=rf"cannot listen on 127.0.0.1:{port} \(SAGEMAKER_BIND_TO_PORT\): "):
+            asyncio.run(front.start("127.0.0.1", port))

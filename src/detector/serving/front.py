@@ -21,6 +21,7 @@ from typing import Callable
 
 from aiohttp import web
 
+from ..errors import DetectorError
 from .upstream import Upstream, UpstreamError
 
 logger = logging.getLogger("detector.serving")
@@ -115,7 +116,11 @@ class Front:
         app.router.add_route("*", "/{path:.*}", self.not_found)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        await web.TCPSite(self.runner, host, port, reuse_address=True).start()
+        try:
+            await web.TCPSite(self.runner, host, port, reuse_address=True).start()
+        except OSError as e:
+            await self.runner.cleanup()
+            raise DetectorError(f"cannot listen on {host}:{port} (SAGEMAKER_BIND_TO_PORT): {e.strerror or e}") from None
 
     async def close(self) -> None:
         if self.runner is not None:
