@@ -123,6 +123,10 @@ def test_a_killed_worker_turns_ping_503_and_both_recover(tiny_model, tmp_path):
         response = invoke(url)
         assert response.status_code == 200, response.text
         assert process.poll() is None
+        # The watch logs the recovery at its next look (every 0.2 s), which can come after that request.
+        deadline = time.monotonic() + 10
+        while "a worker holds the model again" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         stop(process)
     text = log.read_text()
