@@ -81,10 +81,6 @@ class ServerProcess:
     port: int  # multi-model-server's inference port, on loopback
     management_port: int
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def running(self) -> bool:
         return self.process.poll() is None
 
