@@ -33,16 +33,17 @@ def process_alive(pid: int) -> bool:
             stat = f.read()
     except FileNotFoundError:
         return False
-    except OSError:
+    except OSError:  # no /proc: whether the process exists is all that can be told
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
-            return True
+            pass
         return True
     # "pid (command) state ...": the command may hold spaces and parentheses, the state follows the last ")".
-    return stat[stat.rindex(b")") + 2: stat.rindex(b")") + 3] not in (b"Z", b"X")
+    state = stat.rindex(b")") + 2
+    return stat[state:state + 1] not in (b"Z", b"X")
 
 
 class WorkerStatus:
@@ -51,25 +52,25 @@ class WorkerStatus:
     def __init__(self, runtime_dir: Path):
         self.runtime_dir = runtime_dir
 
+    def _ready_files(self) -> list[tuple[int, str]]:
+        """(process id, file name) of every ready file, live or not."""
+        found = []
+        for name in os.listdir(self.runtime_dir):
+            pid = name[len(READY_PREFIX):-len(READY_SUFFIX)]
+            if name.startswith(READY_PREFIX) and name.endswith(READY_SUFFIX) and pid.isdigit():
+                found.append((int(pid), name))
+        return sorted(found)
+
     def ready_pids(self) -> list[int]:
         """Process ids of the workers that loaded the model and still run."""
-        pids = []
-        for name in os.listdir(self.runtime_dir):
-            if name.startswith(READY_PREFIX) and name.endswith(READY_SUFFIX):
-                pid = name[len(READY_PREFIX):-len(READY_SUFFIX)]
-                if pid.isdigit() and process_alive(int(pid)):
-                    pids.append(int(pid))
-        return sorted(pids)
+        return [pid for pid, _ in self._ready_files() if process_alive(pid)]
 
     def forget_dead(self) -> list[int]:
         """Remove the ready files of workers that no longer run; returns their process ids."""
-        dead = []
-        for path in self.runtime_dir.glob(f"{READY_PREFIX}*{READY_SUFFIX}"):
-            pid = path.name[len(READY_PREFIX):-len(READY_SUFFIX)]
-            if pid.isdigit() and not process_alive(int(pid)):
-                path.unlink(missing_ok=True)
-                dead.append(int(pid))
-        return sorted(dead)
+        dead = [(pid, name) for pid, name in self._ready_files() if not process_alive(pid)]
+        for _, name in dead:
+            (self.runtime_dir / name).unlink(missing_ok=True)
+        return [pid for pid, _ in dead]
 
     def take_failure(self) -> str | None:
         """The reason a worker reported for a failed load (removing the report), if any."""
