@@ -41,8 +41,8 @@ def server_workers(serve_pid: int, serving_only: bool = False) -> list[psutil.Pr
 
 def ping(url: str) -> tuple[int, dict]:
     try:
-        response = requests.get(f"{url}/ping", timeout=2)
-    except requests.ConnectionError:
+        response = requests.get(f"{url}/ping", timeout=5)
+    except (requests.ConnectionError, requests.Timeout):  # not listening yet, or gone; or a machine too busy to answer
         return 0, {}
     return response.status_code, response.json()
 
