@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 def build_model_dir(directory: Path, labels) -> None:
     from detectron2.modeling import build_model
 
-    from detector.d2config import load_model_config
+    from detector.training.config import load_model_config
     from detector.model_dir import save_model
 
     cfg = load_model_config("detector/faster_rcnn_R_18_FPN_128px.yaml")
@@ -47,12 +47,12 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from detector.coco import load_coco
-    from detector.data import build_test_loader, to_detectron2_dicts
-    from detector.evaluation import coco_box_metrics, predict_dataset
+    from detector.data.coco import load_coco
+    from detector.data.loaders import build_test_loader, to_detectron2_dicts
+    from detector.evaluation.metrics import coco_box_metrics, predict_dataset
     from detector.model_dir import LabelMap
     from detector.predictor import Predictor
-    from detector.synthetic import generate
+    from detector.data.synthetic import generate
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

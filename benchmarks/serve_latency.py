@@ -48,8 +48,8 @@ def build_random_model(config: str, model_dir: Path) -> None:
     import torch
     from detectron2.modeling import build_model
 
-    from detector.coco import Category
-    from detector.d2config import load_model_config
+    from detector.data.coco import Category
+    from detector.training.config import load_model_config
     from detector.model_dir import LabelMap, save_model
 
     cfg = load_model_config(config)
@@ -64,7 +64,7 @@ def build_random_model(config: str, model_dir: Path) -> None:
 
 
 def make_images(count: int, size: int, directory: Path, image_format: str) -> list[Path]:
-    from detector.synthetic import generate
+    from detector.data.synthetic import generate
 
     generate(directory, num_images=count, image_size=size, seed=1, image_format=image_format)
     return sorted((directory / "images").iterdir())

@@ -29,11 +29,11 @@ DEFAULT_TRAINER = r"""
 import json, sys
 from pathlib import Path
 from detectron2.engine import DefaultTrainer
-from detector import data as data_module
-from detector.d2config import TRAIN_DATASET, build_training_config
+from detector.data import loaders as data_module
+from detector.training.config import TRAIN_DATASET, build_training_config
 from detector.environment import TrainingEnvironment
-from detector.hyperparameters import Hyperparameters
-from detector.trainer import configure_logging, load_channels, Rank
+from detector.training.hyperparameters import Hyperparameters
+from detector.training.trainer import configure_logging, load_channels, Rank
 
 env = TrainingEnvironment.from_env()
 params = Hyperparameters.from_strings(env.hyperparameters)
@@ -41,7 +41,7 @@ channels = load_channels(env, params)
 cfg = build_training_config(params, channels.labels.num_classes, len(channels.training.images), env.num_gpus > 0, Path(sys.argv[1]))
 cfg.defrost(); cfg.DATASETS.TEST = (); cfg.SOLVER.AMP.ENABLED = False; cfg.freeze()
 records = data_module.to_detectron2_dicts(channels.training, channels.labels)
-data_module.register(TRAIN_DATASET, records, channels.labels, str(channels.training.json_path))
+data_module.register_dataset(TRAIN_DATASET, records, channels.labels, str(channels.training.json_path))
 configure_logging(Rank())
 from detectron2.utils.events import CommonMetricPrinter
 
@@ -59,7 +59,7 @@ trainer.train()
 
 
 def prepare(root: Path, hyperparameters: dict, images: int, size: int) -> None:
-    from detector.synthetic import generate_channels
+    from detector.data.synthetic import generate_channels
 
     generate_channels(root / "input" / "data", images, 8, size, seed=0)
     (root / "input" / "config").mkdir(parents=True, exist_ok=True)

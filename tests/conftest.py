@@ -29,7 +29,7 @@ def detector_command(*args: str) -> list[str]:
 
 def write_training_job(base_dir: Path, hyperparameters: dict, train_images: int = 24, test_images: int = 8, seed: int = 0) -> Path:
     """A SageMaker training layout under ``base_dir`` with synthetic channels and string hyperparameters."""
-    from detector.synthetic import generate_channels
+    from detector.data.synthetic import generate_channels
 
     generate_channels(base_dir / "input" / "data", train_images, test_images, image_size=128, seed=seed)
     config = base_dir / "input" / "config"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from detector import pipeline_spec
-from detector.hyperparameters import Hyperparameters
+from detector.training.hyperparameters import Hyperparameters
 from detector.pipeline_spec import PipelineParameterError, parse_overrides
 
 REQUIRED = (
@@ -48,7 +48,7 @@ def test_root_placeholder_is_filled_in():
 def test_metric_regexes_capture_the_lines_training_prints():
     from io import StringIO
 
-    from detector.evaluation import CocoMetrics, print_metric_lines
+    from detector.evaluation.metrics import CocoMetrics, print_metric_lines
 
     out = StringIO()
     metrics = CocoMetrics(0.625, 0.9, 0.7, None, None, None, {}, 4, 10)

@@ -17,13 +17,20 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .coco import Category
 from .errors import ModelDirectoryError
 
 WEIGHTS_FILE = "model_final.pth"
 CONFIG_FILE = "config.yaml"
 LABELS_FILE = "labels.json"
 METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class Category:
+    """A dataset category: its id in the annotations and its name."""
+
+    id: int
+    name: str
 
 
 @dataclass(frozen=True)
@@ -133,3 +140,16 @@ def extract_model_archive(archive: Path, into: Path) -> Path:
     except (tarfile.TarError, OSError) as e:
         raise ModelDirectoryError(f"{archive}: cannot extract the model archive ({e})") from e
     return into
+
+
+def config_from_yaml(text: str, device: str):
+    """Rebuild the training config saved as ``config.yaml`` for inference on ``device``."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.set_new_allowed(True)
+    cfg.merge_from_other_cfg(cfg.load_cfg(text))
+    cfg.MODEL.DEVICE = device
+    cfg.MODEL.WEIGHTS = ""
+    cfg.freeze()
+    return cfg

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .d2config import config_from_yaml
 from .errors import ModelDirectoryError
-from .model_dir import LabelMap, read_model_dir
+from .model_dir import LabelMap, config_from_yaml, read_model_dir
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import detector_command, detector_env
 from detector.cli import main
 from detector.pipeline_spec import EVALUATION_FILE, EVALUATION_PLOT, TESTING_AP_PATH
-from detector.synthetic import generate
+from detector.data.synthetic import generate
 
 
 def json_get(document: dict, path: str):

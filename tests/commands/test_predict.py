@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from conftest import detector_command, detector_env
-from detector.synthetic import CATEGORIES
+from detector.data.synthetic import CATEGORIES
 
 pytestmark = pytest.mark.slow  # uses the tiny model trained once per session
 

@@ -120,8 +120,8 @@ def test_synth_helper_writes_the_data_channels_the_trainer_reads(compose):
 
 
 def test_local_hyperparameters_are_strings_the_trainer_accepts():
-    from detector.d2config import package_configs
-    from detector.hyperparameters import Hyperparameters
+    from detector.training.config import package_configs
+    from detector.training.hyperparameters import Hyperparameters
 
     raw = json.loads((REPO / "local" / "hyperparameters.json").read_text())
     assert all(isinstance(value, str) for value in raw.values()), "SageMaker sends every value as a string"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import detector_command, detector_env
-from detector.synthetic import generate_channels
+from detector.data.synthetic import generate_channels
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from mms.context import Context, RequestProcessor
 import sample_images as samples
 from detector.environment import ServingEnvironment
 from detector.serving.handler_service import INTERNAL_ERROR, HandlerService
-from detector.synthetic import CATEGORIES
+from detector.data.synthetic import CATEGORIES
 
 pytestmark = pytest.mark.slow  # uses the tiny model trained once per session
 

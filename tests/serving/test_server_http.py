@@ -9,7 +9,7 @@ import requests
 
 import sample_images as samples
 from conftest import start_serve, wait_until_serving
-from detector.synthetic import CATEGORIES
+from detector.data.synthetic import CATEGORIES
 
 pytestmark = pytest.mark.slow
 

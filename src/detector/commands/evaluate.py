@@ -72,10 +72,10 @@ def evaluate_model(model: Path, test_channel: Path, output_dir: Path, annotation
     import logging
     import tempfile
 
-    from ..coco import find_annotation_file, load_coco, require_categories_within
-    from ..data import build_test_loader, to_detectron2_dicts
-    from ..evaluation import coco_box_metrics, predict_dataset, print_metric_lines
-    from ..evaluation_report import write_evaluation_json, write_evaluation_plot
+    from ..data.coco import find_annotation_file, load_coco, require_categories_within
+    from ..data.loaders import build_test_loader, to_detectron2_dicts
+    from ..evaluation.metrics import coco_box_metrics, predict_dataset, print_metric_lines
+    from ..evaluation.report import write_evaluation_json, write_evaluation_plot
     from ..pipeline_spec import EVALUATION_FILE, EVALUATION_PLOT
     from ..predictor import Predictor
 

@@ -17,7 +17,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..synthetic import generate, generate_channels
+    from ..data.synthetic import generate, generate_channels
 
     if args.test_images is None:
         path = generate(args.output, args.images, args.size, args.seed)

@@ -18,8 +18,8 @@ def run(args) -> int:
         env = TrainingEnvironment.from_env()
         failure_file = env.failure_file
         failure_file.unlink(missing_ok=True)
-        from ..hyperparameters import Hyperparameters
-        from ..launch import run as launch
+        from ..training.hyperparameters import Hyperparameters
+        from ..training.launch import run as launch
 
         params = Hyperparameters.from_strings(env.hyperparameters)
         return launch(env, params)

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Callable
 
 from .. import pipeline_spec as spec
-from ..coco import find_annotation_file, load_coco
+from ..data.coco import find_annotation_file, load_coco
 from ..errors import DetectorError
 from ..model_dir import extract_model_archive
 from ..serving.model_server import free_port, ping
-from ..synthetic import generate_channels
+from ..data.synthetic import generate_channels
 from .progress import TrainingProgress
 from .registry import LocalModelRegistry, ModelPackage
 

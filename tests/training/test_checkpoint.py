@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from detector.checkpoint import CheckpointStore
+from detector.training.checkpoint import CheckpointStore
 from detector.errors import CheckpointError
 
 

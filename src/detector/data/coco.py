@@ -12,17 +12,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputDataError
+from ..errors import InputDataError
+from ..model_dir import Category
 
 # Boxes may exceed the image by rounding; anything further is an error.
 BOX_TOLERANCE_PX = 1.0
 _MAX_LISTED = 5
-
-
-@dataclass(frozen=True)
-class Category:
-    id: int
-    name: str
 
 
 @dataclass(frozen=True)

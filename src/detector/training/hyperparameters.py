@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-from .errors import HyperparameterError
+from ..errors import HyperparameterError
 
 DEFAULT_MODEL = "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml"
 

@@ -2,7 +2,7 @@ import itertools
 
 import pytest
 
-from detector.sampler import ResumableBatchSampler, epoch_batches
+from detector.data.sampler import ResumableBatchSampler, epoch_batches
 
 ASPECTS = [i % 3 != 0 for i in range(37)]
 

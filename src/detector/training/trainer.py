@@ -14,15 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import data as data_module
+from ..data import loaders as data_module
 from .checkpoint import CheckpointStore, fingerprint_digest
-from .coco import CocoDataset, find_annotation_file, load_coco, require_categories_within
-from .d2config import TEST_DATASET, TRAIN_DATASET, build_training_config
-from .environment import TrainingEnvironment
-from .errors import InputDataError
-from .evaluation import CocoMetrics, coco_box_metrics, predict_dataset, print_metric_lines
+from ..data.coco import CocoDataset, find_annotation_file, load_coco, require_categories_within
+from .config import TEST_DATASET, TRAIN_DATASET, build_training_config
+from ..environment import TrainingEnvironment
+from ..errors import InputDataError
+from ..evaluation.metrics import CocoMetrics, coco_box_metrics, predict_dataset, print_metric_lines
 from .hyperparameters import Hyperparameters
-from .model_dir import LabelMap, save_model
+from ..model_dir import LabelMap, save_model
 from .stop import EXIT_CODE_STOPPED, StopRequest, TrainingInterrupted
 
 logger = logging.getLogger("detector.train")
@@ -202,11 +202,11 @@ class Training:
             )
         self.labels = self.channels.labels
         self.train_records = data_module.to_detectron2_dicts(self.channels.training, self.labels)
-        data_module.register(TRAIN_DATASET, self.train_records, self.labels, str(self.channels.training.json_path))
+        data_module.register_dataset(TRAIN_DATASET, self.train_records, self.labels, str(self.channels.training.json_path))
         self.test_records = None
         if self.channels.testing is not None:
             self.test_records = data_module.to_detectron2_dicts(self.channels.testing, self.labels)
-            data_module.register(TEST_DATASET, self.test_records, self.labels, str(self.channels.testing.json_path))
+            data_module.register_dataset(TEST_DATASET, self.test_records, self.labels, str(self.channels.testing.json_path))
         self.store = CheckpointStore(env.checkpoint_dir)
         self.fingerprint = training_fingerprint(self.cfg, self.channels)
 

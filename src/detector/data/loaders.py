@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .coco import CocoDataset
-from .model_dir import LabelMap
+from ..model_dir import LabelMap
 from .sampler import ResumableBatchSampler
 
 
@@ -35,7 +35,7 @@ def to_detectron2_dicts(dataset: CocoDataset, labels: LabelMap) -> list[dict]:
     return records
 
 
-def register(name: str, records: list[dict], labels: LabelMap, json_file: str) -> None:
+def register_dataset(name: str, records: list[dict], labels: LabelMap, json_file: str) -> None:
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     if name in DatasetCatalog.list():

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from detector.coco import find_annotation_file, load_coco
+from detector.data.coco import find_annotation_file, load_coco
 from detector.errors import InputDataError
-from detector.synthetic import generate
+from detector.data.synthetic import generate
 
 
 @pytest.fixture

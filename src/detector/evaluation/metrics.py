@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .coco import CocoDataset
-from .model_dir import LabelMap
+from ..data.coco import CocoDataset
+from ..model_dir import LabelMap
 
 SUMMARY_NAMES = ("ap", "ap50", "ap75", "aps", "apm", "apl")
 

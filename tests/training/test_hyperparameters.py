@@ -1,7 +1,7 @@
 import pytest
 
 from detector.errors import HyperparameterError
-from detector.hyperparameters import DEFAULT_MODEL, Hyperparameters
+from detector.training.hyperparameters import DEFAULT_MODEL, Hyperparameters
 
 
 def test_defaults():

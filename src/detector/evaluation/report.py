@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .evaluation import SUMMARY_NAMES, CocoMetrics
-from .model_dir import LabelMap, write_json_atomic
+from .metrics import SUMMARY_NAMES, CocoMetrics
+from ..model_dir import LabelMap, write_json_atomic
 
 
 def evaluation_document(metrics: CocoMetrics, labels: LabelMap, prefix: str = "testing") -> dict:

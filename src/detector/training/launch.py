@@ -14,8 +14,8 @@ import os
 import signal
 from datetime import timedelta
 
-from .environment import TrainingEnvironment
-from .failure import report_failure
+from ..environment import TrainingEnvironment
+from ..failure import report_failure
 from .hyperparameters import Hyperparameters
 from .stop import EXIT_CODE_STOPPED, StopRequest
 from .trainer import Rank, train_process

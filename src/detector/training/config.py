@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import HyperparameterError
+from ..errors import HyperparameterError
 from .hyperparameters import Hyperparameters
 
 PACKAGE_CONFIG_PREFIX = "detector/"
@@ -110,18 +110,5 @@ def build_training_config(
             f"SOLVER.STEPS {tuple(cfg.SOLVER.STEPS)} must all be below the run length {cfg.SOLVER.MAX_ITER} "
             "(set with max_iter / num_epochs)"
         )
-    cfg.freeze()
-    return cfg
-
-
-def config_from_yaml(text: str, device: str):
-    """Rebuild a saved training config for inference on ``device``."""
-    from detectron2.config import get_cfg
-
-    cfg = get_cfg()
-    cfg.set_new_allowed(True)
-    cfg.merge_from_other_cfg(cfg.load_cfg(text))
-    cfg.MODEL.DEVICE = device
-    cfg.MODEL.WEIGHTS = ""
     cfg.freeze()
     return cfg

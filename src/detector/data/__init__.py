@@ -1,0 +1,1 @@
+"""Data: COCO channels read and validated, detectron2 datasets and loaders, the sampler, synthetic data."""
