@@ -1,8 +1,9 @@
 """``detector <command>``: the entry point of both images (``docker run IMAGE train`` / ``serve``).
 
 Each command lives in ``detector.commands.<name>`` with ``HELP``, ``add_arguments(parser)`` and
-``run(args) -> int``; command modules import heavy libraries only inside ``run`` so that, for
-example, ``detector serve`` never imports the training code.
+``run(args) -> int`` (and ``failure_file()`` for container jobs). :func:`main` runs every command
+inside the one error boundary, :func:`detector.failure.run_command`. Command modules import heavy
+libraries only inside ``run`` so that, for example, ``detector serve`` never imports the training code.
 """
 
 from __future__ import annotations
@@ -38,9 +39,14 @@ def build_parser(modules: dict) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .failure import run_command
+
     modules = _available()
     args = build_parser(modules).parse_args(argv)
-    return modules[args.command].run(args)
+    module = modules[args.command]
+    # Container jobs name where SageMaker shows their failure reason; the others report on stderr only.
+    failure_file = module.failure_file() if hasattr(module, "failure_file") else None
+    return run_command(lambda: module.run(args), failure_file)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,11 @@ def base_dir(environ: Mapping[str, str] | None = None) -> Path:
     return Path(environ.get("SAGEMAKER_BASE_DIR") or DEFAULT_BASE_DIR).absolute()
 
 
+def training_failure_file(environ: Mapping[str, str] | None = None) -> Path:
+    """Where a training job's failure reason goes; known before the rest of the contract is read."""
+    return base_dir(environ) / "output" / "failure"
+
+
 def _read_json(path: Path, what: str) -> object:
     try:
         with open(path, encoding="utf-8") as f:
@@ -102,7 +107,7 @@ class TrainingEnvironment:
 
     @property
     def failure_file(self) -> Path:
-        return self.output_dir / "failure"
+        return training_failure_file({"SAGEMAKER_BASE_DIR": str(self.base_dir)})
 
     @property
     def host_rank(self) -> int:

@@ -4,6 +4,14 @@
 class DetectorError(Exception):
     """An error caused by input, configuration or environment, reported without a traceback."""
 
+    exit_status = 1
+
+
+class UsageError(DetectorError):
+    """A command was given options or parameters it cannot use (exit status 2, like argparse)."""
+
+    exit_status = 2
+
 
 class InputDataError(DetectorError):
     """A data channel or annotation file is unusable."""

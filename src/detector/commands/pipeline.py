@@ -33,7 +33,7 @@ def run(args) -> int:
     import time
 
     from .. import pipeline_spec as spec
-    from ..errors import DetectorError
+    from ..errors import DetectorError, UsageError
     from ..local.backends import DockerBackend, ProcessBackend
     from ..local.runner import LOCAL_PARAMETER_DEFAULTS, LocalRun, stop_server
 
@@ -71,8 +71,8 @@ def run(args) -> int:
             progress="none" if args.no_progress else "bar" if sys.stdout.isatty() and sys.stderr.isatty() else "lines",
         )
     except DetectorError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from e
+
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 

@@ -46,47 +46,35 @@ def predict_files(handler, model, files: list[Path], custom_attributes: str | No
 
 def run(args) -> int:
     import sys
+    from dataclasses import replace
 
     from ..environment import ServingEnvironment
     from ..errors import DetectorError
-    from ..failure import failure_reason
+    from ..serving.inference_handler import InferenceHandler
+    from ..serving.options import parse_custom_attributes
+    from ..serving.request_errors import RequestError
 
+    settings = ServingEnvironment.from_env()
+    handler = InferenceHandler(settings)
+    # Local files are not HTTP requests: no payload limit.
+    handler.limits = replace(handler.limits, max_payload_bytes=None)
     try:
-        from dataclasses import replace
-
-        settings = ServingEnvironment.from_env()
-        from ..serving.inference_handler import InferenceHandler
-        from ..serving.request_errors import RequestError
-
-        handler = InferenceHandler(settings)
-        # Local files are not HTTP requests: no payload limit.
-        handler.limits = replace(handler.limits, max_payload_bytes=None)
-        try:
-            handler.response_type(args.accept)
-            from ..serving.options import parse_custom_attributes
-
-            parse_custom_attributes(args.custom_attributes, handler.defaults)
-        except RequestError as e:
-            raise DetectorError(e.message) from None
-        model = handler.model_fn(args.model_dir or settings.model_dir)
-        out = open(args.output, "wb") if args.output else sys.stdout.buffer
-        failed = 0
-        try:
-            for path, response, error in predict_files(handler, model, args.files, args.custom_attributes, args.accept):
-                if error is not None:
-                    failed += 1
-                    print(f"ERROR: {path}: {error}", file=sys.stderr, flush=True)
-                else:
-                    out.write(response + b"\n")
-                    out.flush()
-        finally:
-            if args.output:
-                out.close()
-        return 1 if failed else 0
-    except Exception as error:
-        if not isinstance(error, DetectorError):
-            import traceback
-
-            traceback.print_exc()
-        print(f"ERROR: {failure_reason(error)}", file=sys.stderr, flush=True)
-        return 1
+        handler.response_type(args.accept)
+        parse_custom_attributes(args.custom_attributes, handler.defaults)
+    except RequestError as e:
+        raise DetectorError(e.message) from None
+    model = handler.model_fn(args.model_dir or settings.model_dir)
+    out = open(args.output, "wb") if args.output else sys.stdout.buffer
+    failed = 0
+    try:
+        for path, response, error in predict_files(handler, model, args.files, args.custom_attributes, args.accept):
+            if error is not None:
+                failed += 1
+                print(f"ERROR: {path}: {error}", file=sys.stderr, flush=True)
+            else:
+                out.write(response + b"\n")
+                out.flush()
+    finally:
+        if args.output:
+            out.close()
+    return 1 if failed else 0

@@ -21,8 +21,6 @@ def run(args) -> int:
     import time
 
     from ..environment import ServingEnvironment
-    from ..errors import DetectorError
-    from ..failure import failure_reason
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stdout)
     log = logging.getLogger("detector.serve")
@@ -63,8 +61,3 @@ def run(args) -> int:
     except Stop:
         log.info("stopping")
         return 0
-    except Exception as error:
-        if not isinstance(error, DetectorError):
-            log.exception("detector serve failed")
-        print(f"ERROR: {failure_reason(error)}", file=sys.stderr, flush=True)
-        return 1
