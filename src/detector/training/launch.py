@@ -18,7 +18,8 @@ from ..environment import TrainingEnvironment
 from ..failure import report_failure
 from .hyperparameters import Hyperparameters
 from .stop import EXIT_CODE_STOPPED, StopRequest
-from .trainer import Rank, train_process
+from .distributed import Rank
+from .trainer import train_process
 
 logger = logging.getLogger("detector.launch")
 
