@@ -119,11 +119,13 @@ def test_wrong_boxes_score_zero(tmp_path):
     assert_fractions_or_none(metrics)
 
 
-def test_no_results_give_zeros(tmp_path):
+def test_no_results_give_zeros_where_there_was_something_to_find(tmp_path):
     metrics = coco_box_metrics(dataset(tmp_path), [], LABELS)
-    assert metrics.summary() == {name: 0.0 for name in SUMMARY_NAMES}
-    assert metrics.per_class_ap[3] == 0.0 and metrics.per_class_ap[7] == 0.0
-    assert set(metrics.per_class_ap) == {3, 7, 12}
+    # Small and medium boxes exist, large ones do not: the same None as with wrong detections.
+    assert metrics.summary() == {"ap": 0.0, "ap50": 0.0, "ap75": 0.0, "aps": 0.0, "apm": 0.0, "apl": None}
+    wrong = coco_box_metrics(dataset(tmp_path), [detection(a, bbox=[150, 150, 40, 40]) for a in ANNOTATIONS], LABELS)
+    assert metrics.summary() == wrong.summary()
+    assert metrics.per_class_ap == wrong.per_class_ap == {3: 0.0, 7: 0.0, 12: None}
     assert metrics.num_images == 2 and metrics.num_detections == 0 and metrics.pr_curves == {}
     assert_fractions_or_none(metrics)
 

@@ -203,3 +203,12 @@ def test_unknown_model_lists_the_kinds_of_config(model):
 def test_zoo_configs_with_masks_or_keypoints_are_refused(model):
     with pytest.raises(HyperparameterError, match="needs masks or keypoints; this project trains box detectors"):
         load_model_config(model)
+
+
+def test_a_yaml_file_based_on_a_mask_config_is_refused_too(tmp_path):
+    from detectron2 import model_zoo
+
+    config = tmp_path / "my_mask_rcnn.yaml"
+    config.write_text(f"_BASE_: {model_zoo.get_config_file('COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml')}\n")
+    with pytest.raises(HyperparameterError, match="needs masks or keypoints"):
+        load_model_config(str(config))

@@ -63,7 +63,18 @@ def coco_box_metrics(dataset: CocoDataset, results: list[dict], labels: LabelMap
 
     category_ids = labels.dataset_ids
     if not results:
-        return CocoMetrics(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, {c: 0.0 for c in category_ids}, len(dataset.images), 0)
+        # Nothing found: AP 0 wherever there was something to find; None (as below) where there was not.
+        boxes = [ann for ann in dataset.annotations if not ann.get("iscrowd", 0)]
+        areas = [ann.get("area") or ann["bbox"][2] * ann["bbox"][3] for ann in boxes]
+        found = {category for category in (ann["category_id"] for ann in boxes)}
+
+        def bucket(low: float, high: float) -> float | None:
+            return 0.0 if any(low <= a < high for a in areas) else None
+
+        return CocoMetrics(
+            0.0, 0.0, 0.0, bucket(0, 32**2), bucket(32**2, 96**2), bucket(96**2, float("inf")),
+            {c: 0.0 if c in found else None for c in category_ids}, len(dataset.images), 0,
+        )
     gt = _ground_truth(dataset)
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
@@ -77,7 +88,7 @@ def coco_box_metrics(dataset: CocoDataset, results: list[dict], labels: LabelMap
     per_class: dict[int, float | None] = {}
     curves: dict[int, tuple[list[float], list[float]]] = {}
     recall_thresholds = [float(r) for r in evaluator.params.recThrs]
-    for k, category_id in enumerate(evaluator.params.catIds):
+    for k, category_id in enumerate(int(c) for c in evaluator.params.catIds):
         p = precision[:, :, k, 0, -1]
         per_class[category_id] = _fraction(float(np.mean(p[p > -1]))) if (p > -1).any() else None
         p50 = precision[0, :, k, 0, -1]

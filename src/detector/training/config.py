@@ -26,7 +26,16 @@ def package_configs() -> list[str]:
 
 
 def load_model_config(model: str):
-    """The detectron2 CfgNode named by the ``model`` hyperparameter."""
+    """The detectron2 CfgNode named by the ``model`` hyperparameter (box detectors only)."""
+    cfg = _read_model_config(model)
+    if cfg.MODEL.MASK_ON or cfg.MODEL.KEYPOINT_ON:
+        raise HyperparameterError(
+            f"hyperparameter 'model'={model!r} needs masks or keypoints; this project trains box detectors"
+        )
+    return cfg
+
+
+def _read_model_config(model: str):
     from detectron2 import model_zoo
     from detectron2.config import CfgNode, get_cfg
 
@@ -53,10 +62,6 @@ def load_model_config(model: str):
             f"(like COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml), a packaged config "
             f"({', '.join(package_configs())}) nor an existing yaml file"
         ) from None
-    if cfg.MODEL.MASK_ON or cfg.MODEL.KEYPOINT_ON:
-        raise HyperparameterError(
-            f"hyperparameter 'model'={model!r} needs masks or keypoints; this project trains box detectors"
-        )
     return cfg
 
 
