@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.environment import ProcessingEnvironment, ServingEnvironment, TrainingEnvironment
+from detector.environment import ProcessingEnvironment, ServingEnvironment, TrainingEnvironment, write_training_job
 from detector.errors import DetectorError
 
 
@@ -22,11 +22,9 @@ def test_defaults_to_opt_ml():
 
 
 def test_reads_the_training_contract_under_a_relocated_root(tmp_path):
-    write(tmp_path / "input/config/hyperparameters.json", {"max_iter": "10", "amp": "true"})
-    write(tmp_path / "input/config/inputdataconfig.json", {"training": {"TrainingInputMode": "File"}})
-    write(
-        tmp_path / "input/config/resourceconfig.json",
-        {"current_host": "algo-2", "hosts": ["algo-2", "algo-1"], "network_interface_name": "eth0"},
+    write_training_job(
+        tmp_path, {"max_iter": "10", "amp": "true"}, ["training"],
+        hosts=["algo-2", "algo-1"], current_host="algo-2", network_interface_name="eth0",
     )
     (tmp_path / "input/data/testing").mkdir(parents=True)
     env = TrainingEnvironment.from_env({"SAGEMAKER_BASE_DIR": str(tmp_path), "SM_NUM_GPUS": "0"})

@@ -1,22 +1,48 @@
-"""The SageMaker container contract, read in one place.
+"""The SageMaker container contract, read in one place, and its writer twins.
 
 Every path under ``/opt/ml`` and every environment variable the project honours is read here and
 handed to the rest of the package as a plain frozen object. ``SAGEMAKER_BASE_DIR`` (the
 sagemaker-training and sagemaker-inference toolkits' own variable) relocates ``/opt/ml`` so tests and
 local runs work in a temporary directory.
+
+The layout under the base dir is spelled once, in the constants below: the readers (``from_env``)
+and the writers that lay a job out for local runs and tests (``write_training_job``,
+``prepare_processing_job``, ``prepare_serving``) both use them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from .errors import DetectorError
 
 DEFAULT_BASE_DIR = "/opt/ml"
+
+# -- The layout under the base dir, relative to it ---------------------------------------------------
+CONFIG_DIR = Path("input", "config")
+HYPERPARAMETERS_FILE = CONFIG_DIR / "hyperparameters.json"
+INPUT_DATA_CONFIG_FILE = CONFIG_DIR / "inputdataconfig.json"
+RESOURCE_CONFIG_FILE = CONFIG_DIR / "resourceconfig.json"
+DATA_DIR = Path("input", "data")  # one folder per channel
+MODEL_DIR = Path("model")  # training writes it, SageMaker archives it; hosting extracts the archive here
+CHECKPOINT_DIR = Path("checkpoints")
+OUTPUT_DIR = Path("output")
+OUTPUT_DATA_DIR = OUTPUT_DIR / "data"
+TRAINING_FAILURE_FILE = OUTPUT_DIR / "failure"  # a training job's failure reason
+PROCESSING_FAILURE_FILE = OUTPUT_DIR / "message"  # a processing job's failure reason
+PROCESSING_DIR = Path("processing")
+PROCESSING_MODEL_DIR = PROCESSING_DIR / "model"
+PROCESSING_TEST_DIR = PROCESSING_DIR / "test"
+PROCESSING_EVALUATION_DIR = PROCESSING_DIR / "evaluation"
+MODEL_ARCHIVE = "model.tar.gz"
+
+# What a training job without resourceconfig.json (a local run) is: one host.
+DEFAULT_HOST = "algo-1"
 
 
 def base_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -30,7 +56,12 @@ def base_dir(environ: Mapping[str, str] | None = None) -> Path:
 
 def training_failure_file(environ: Mapping[str, str] | None = None) -> Path:
     """Where a training job's failure reason goes; known before the rest of the contract is read."""
-    return base_dir(environ) / "output" / "failure"
+    return TrainingLayout(base_dir(environ)).failure_file
+
+
+def serving_model_dir(base: Path) -> Path:
+    """The model directory of a hosting container whose base dir is ``base``."""
+    return Path(base) / MODEL_DIR
 
 
 def _read_json(path: Path, what: str) -> object:
@@ -41,6 +72,11 @@ def _read_json(path: Path, what: str) -> object:
         raise DetectorError(f"{path}: {what} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
     except OSError as e:
         raise DetectorError(f"{path}: cannot read {what} ({e.strerror})") from e
+
+
+def _write_json(path: Path, data: object, sort_keys: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n", encoding="utf-8")
 
 
 def _gpu_count() -> int:
@@ -71,11 +107,63 @@ def _float_env(environ: Mapping[str, str], name: str, default: float) -> float:
         raise DetectorError(f"environment variable {name}={raw!r}: expected a number") from None
 
 
+# -- Training ----------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
-class TrainingEnvironment:
-    """What a SageMaker training job hands the container (``docker run IMAGE train``)."""
+class TrainingLayout:
+    """Where a SageMaker training job's files are under ``base_dir``."""
 
     base_dir: Path
+
+    @property
+    def config_dir(self) -> Path:
+        return self.base_dir / CONFIG_DIR
+
+    @property
+    def hyperparameters_file(self) -> Path:
+        return self.base_dir / HYPERPARAMETERS_FILE
+
+    @property
+    def input_data_config_file(self) -> Path:
+        return self.base_dir / INPUT_DATA_CONFIG_FILE
+
+    @property
+    def resource_config_file(self) -> Path:
+        return self.base_dir / RESOURCE_CONFIG_FILE
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base_dir / DATA_DIR
+
+    def channel_dir(self, name: str) -> Path:
+        return self.data_dir / name
+
+    @property
+    def model_dir(self) -> Path:
+        return self.base_dir / MODEL_DIR
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.base_dir / CHECKPOINT_DIR
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base_dir / OUTPUT_DIR
+
+    @property
+    def output_data_dir(self) -> Path:
+        return self.base_dir / OUTPUT_DATA_DIR
+
+    @property
+    def failure_file(self) -> Path:
+        return self.base_dir / TRAINING_FAILURE_FILE
+
+
+@dataclass(frozen=True)
+class TrainingEnvironment(TrainingLayout):
+    """What a SageMaker training job hands the container (``docker run IMAGE train``)."""
+
     hyperparameters: dict[str, str]
     channels: dict[str, Path]
     current_host: str
@@ -84,30 +172,6 @@ class TrainingEnvironment:
     num_gpus: int
     master_addr: str
     master_port: int
-
-    @property
-    def config_dir(self) -> Path:
-        return self.base_dir / "input" / "config"
-
-    @property
-    def model_dir(self) -> Path:
-        return self.base_dir / "model"
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.base_dir / "checkpoints"
-
-    @property
-    def output_dir(self) -> Path:
-        return self.base_dir / "output"
-
-    @property
-    def output_data_dir(self) -> Path:
-        return self.output_dir / "data"
-
-    @property
-    def failure_file(self) -> Path:
-        return training_failure_file({"SAGEMAKER_BASE_DIR": str(self.base_dir)})
 
     @property
     def host_rank(self) -> int:
@@ -120,11 +184,10 @@ class TrainingEnvironment:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "TrainingEnvironment":
         environ = os.environ if environ is None else environ
-        root = base_dir(environ)
-        config_dir = root / "input" / "config"
+        layout = TrainingLayout(base_dir(environ))
 
         hyperparameters: dict[str, str] = {}
-        hp_path = config_dir / "hyperparameters.json"
+        hp_path = layout.hyperparameters_file
         if hp_path.exists():
             raw = _read_json(hp_path, "the hyperparameters file")
             if not isinstance(raw, dict):
@@ -132,36 +195,42 @@ class TrainingEnvironment:
             # SageMaker sends every value as a string; a hand-written file may not.
             hyperparameters = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
 
-        data_dir = root / "input" / "data"
-        channels: dict[str, Path] = {}
-        channel_config = config_dir / "inputdataconfig.json"
+        input_data_config: dict = {}
+        channel_config = layout.input_data_config_file
         if channel_config.exists():
             raw = _read_json(channel_config, "the input data configuration")
             if isinstance(raw, dict):
-                channels = {name: data_dir / name for name in raw}
-        if data_dir.is_dir():
-            for entry in sorted(data_dir.iterdir()):
-                if entry.is_dir():
-                    channels.setdefault(entry.name, entry)
+                input_data_config = {str(name): value for name, value in raw.items()}
 
-        current_host, hosts, interface = "algo-1", ["algo-1"], None
-        resource_path = config_dir / "resourceconfig.json"
+        resource_config: dict = {"current_host": DEFAULT_HOST, "hosts": [DEFAULT_HOST]}
+        resource_path = layout.resource_config_file
         if resource_path.exists():
             raw = _read_json(resource_path, "the resource configuration")
             if not isinstance(raw, dict) or "current_host" not in raw or "hosts" not in raw:
                 raise DetectorError(f"{resource_path}: expected an object with 'current_host' and 'hosts'")
             current_host = str(raw["current_host"])
             hosts = sorted(str(h) for h in raw["hosts"])
-            interface = raw.get("network_interface_name")
             if current_host not in hosts:
                 raise DetectorError(f"{resource_path}: current_host {current_host!r} is not in hosts {hosts}")
+            resource_config = {**raw, "current_host": current_host, "hosts": hosts}
+
+        current_host = resource_config["current_host"]
+        hosts = resource_config["hosts"]
+        interface = resource_config.get("network_interface_name")
+        master_host = hosts[0]
+
+        channels = {name: layout.channel_dir(name) for name in input_data_config}
+        if layout.data_dir.is_dir():
+            for entry in sorted(layout.data_dir.iterdir()):
+                if entry.is_dir():
+                    channels.setdefault(entry.name, entry)
 
         num_gpus = _int_env(environ, "SM_NUM_GPUS", None)
         if num_gpus is None:
             num_gpus = _gpu_count()
 
         return cls(
-            base_dir=root,
+            base_dir=layout.base_dir,
             hyperparameters=hyperparameters,
             channels=channels,
             current_host=current_host,
@@ -169,9 +238,55 @@ class TrainingEnvironment:
             network_interface_name=interface,
             num_gpus=num_gpus,
             # On SageMaker every host resolves the others by name; locally the first host is this machine.
-            master_addr=environ.get("DETECTOR_MASTER_ADDR") or hosts[0],
+            master_addr=environ.get("DETECTOR_MASTER_ADDR") or master_host,
             master_port=_int_env(environ, "DETECTOR_MASTER_PORT", 29500) or 29500,
         )
+
+
+def write_hyperparameters(base: Path, hyperparameters: Mapping[str, object]) -> Path:
+    """``hyperparameters.json`` under ``base`` as SageMaker writes it: every value a string."""
+    path = TrainingLayout(Path(base)).hyperparameters_file
+    _write_json(path, {str(name): str(value) for name, value in hyperparameters.items()}, sort_keys=True)
+    return path
+
+
+def write_training_job(
+    base: Path,
+    hyperparameters: Mapping[str, object],
+    channels: Mapping[str, Path | None] | Iterable[str] = (),
+    *,
+    hosts: Iterable[str] = (DEFAULT_HOST,),
+    current_host: str | None = None,
+    network_interface_name: str | None = None,
+) -> Path:
+    """Lay a SageMaker training job out under ``base``; ``TrainingEnvironment.from_env`` reads it back.
+
+    ``channels`` maps a channel name to the folder to copy into ``input/data/<name>`` (not copied
+    again when that folder exists, so a rerun keeps the first copy), or to None, or is a list of
+    names: those channels' folders are only created (filled by the caller). Every channel is
+    declared in ``inputdataconfig.json``; ``resourceconfig.json`` lists ``hosts`` as given."""
+    layout = TrainingLayout(Path(base))
+    sources = dict(channels) if isinstance(channels, Mapping) else {name: None for name in channels}
+    hosts = [str(h) for h in hosts]
+    current_host = hosts[0] if current_host is None else current_host
+    if current_host not in hosts:
+        raise ValueError(f"current_host {current_host!r} is not in hosts {hosts}")
+    for name, source in sources.items():
+        target = layout.channel_dir(name)
+        if source is None:
+            target.mkdir(parents=True, exist_ok=True)
+        elif not target.exists():
+            shutil.copytree(source, target)
+    write_hyperparameters(layout.base_dir, hyperparameters)
+    _write_json(layout.input_data_config_file, {name: {"TrainingInputMode": "File"} for name in sources})
+    resource_config: dict[str, object] = {"current_host": current_host, "hosts": hosts}
+    if network_interface_name is not None:
+        resource_config["network_interface_name"] = network_interface_name
+    _write_json(layout.resource_config_file, resource_config)
+    return layout.base_dir
+
+
+# -- Processing (evaluation) ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -182,28 +297,45 @@ class ProcessingEnvironment:
 
     @property
     def processing_dir(self) -> Path:
-        return self.base_dir / "processing"
+        return self.base_dir / PROCESSING_DIR
 
     @property
     def model_input(self) -> Path:
-        return self.processing_dir / "model"
+        return self.base_dir / PROCESSING_MODEL_DIR
+
+    @property
+    def model_archive(self) -> Path:
+        return self.model_input / MODEL_ARCHIVE
 
     @property
     def test_input(self) -> Path:
-        return self.processing_dir / "test"
+        return self.base_dir / PROCESSING_TEST_DIR
 
     @property
     def evaluation_output(self) -> Path:
-        return self.processing_dir / "evaluation"
+        return self.base_dir / PROCESSING_EVALUATION_DIR
 
     @property
     def failure_file(self) -> Path:
         # SageMaker shows the reason a processing container writes here.
-        return self.base_dir / "output" / "message"
+        return self.base_dir / PROCESSING_FAILURE_FILE
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ProcessingEnvironment":
         return cls(base_dir=base_dir(environ))
+
+
+def prepare_processing_job(base: Path, model_archive: Path, test_channel: Path) -> ProcessingEnvironment:
+    """Lay the evaluation processing job's inputs out under ``base``: the model archive in
+    ``processing/model`` and a copy of the test channel in ``processing/test``."""
+    env = ProcessingEnvironment(Path(base))
+    env.model_input.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model_archive, env.model_archive)
+    shutil.copytree(test_channel, env.test_input, dirs_exist_ok=True)
+    return env
+
+
+# -- Hosting -------------------------------------------------------------------------------------------
 
 
 def _bounded(name: str, value, low, high=None):
@@ -239,7 +371,7 @@ class ServingEnvironment:
 
     @property
     def model_dir(self) -> Path:
-        return self.base_dir / "model"
+        return serving_model_dir(self.base_dir)
 
     @property
     def max_payload_bytes(self) -> int:
@@ -276,6 +408,18 @@ class ServingEnvironment:
         )
 
 
+def prepare_serving(base: Path, model_archive: Path) -> Path:
+    """Lay a hosting container's model out under ``base``: ``model.tar.gz`` extracted (safely) into the
+    model directory, as SageMaker does before ``serve`` starts. Returns that directory."""
+    from .model_dir import extract_model_archive
+
+    return extract_model_archive(model_archive, serving_model_dir(base))
+
+
+# -- Child processes -----------------------------------------------------------------------------------
+
+
 def environ_with(overrides: Mapping[str, str], remove: tuple[str, ...] = ()) -> dict[str, str]:
     """The environment of a child process: this process's, plus ``overrides``, less ``remove``."""
     return {k: v for k, v in {**os.environ, **overrides}.items() if k not in remove}
+

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import detector_command, detector_env
+from helpers import detector_command, detector_env
 from detector.cli import main
 from detector.pipeline_spec import EVALUATION_FILE, EVALUATION_PLOT, TESTING_AP_PATH
 from detector.data.synthetic import generate

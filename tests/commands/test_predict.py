@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from conftest import detector_command, detector_env
+from helpers import detector_command, detector_env
 from detector.data.synthetic import CATEGORIES
 
 pytestmark = pytest.mark.slow  # uses the tiny model trained once per session

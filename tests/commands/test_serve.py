@@ -10,7 +10,7 @@ import psutil
 import pytest
 import requests
 
-from conftest import detector_command, detector_env, start_serve, wait_until_serving
+from helpers import detector_command, detector_env, start_serve, wait_until_serving
 
 
 def serve_until_exit(base_dir, tmp_path, **env):

@@ -10,7 +10,7 @@ import psutil
 import pytest
 import requests
 
-from conftest import start_serve, wait_until_serving
+from helpers import start_serve, wait_until_serving
 
 pytestmark = pytest.mark.slow
 

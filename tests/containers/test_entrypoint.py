@@ -44,7 +44,7 @@ def test_the_cli_parser_has_every_command_the_containers_run():
 
 @pytest.mark.parametrize("command", CONTAINER_COMMANDS)
 def test_installed_script_answers_each_container_command(command):
-    from conftest import detector_env
+    from helpers import detector_env
 
     result = subprocess.run([console_script(), command, "--help"], env=detector_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -53,7 +53,7 @@ def test_installed_script_answers_each_container_command(command):
 
 def test_installed_script_runs_train_as_a_training_job_would(tmp_path):
     """`docker run IMAGE train` with no data: a clean failure with the reason in /opt/ml/output/failure."""
-    from conftest import detector_env
+    from helpers import detector_env
 
     result = subprocess.run([console_script(), "train"], env=detector_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0

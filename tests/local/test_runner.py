@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import detector_command, detector_env
+from helpers import detector_command, detector_env
 from detector.data.synthetic import generate_channels
 
 pytestmark = pytest.mark.slow

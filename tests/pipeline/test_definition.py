@@ -10,7 +10,7 @@ import pytest
 
 import network_guard
 import settings_example as example
-from conftest import REPO
+from helpers import REPO
 from detector import pipeline_spec as spec
 from pipeline.settings import PipelineConfigError
 

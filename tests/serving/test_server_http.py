@@ -8,7 +8,7 @@ import pytest
 import requests
 
 import sample_images as samples
-from conftest import start_serve, wait_until_serving
+from helpers import start_serve, wait_until_serving
 from detector.data.synthetic import CATEGORIES
 
 pytestmark = pytest.mark.slow

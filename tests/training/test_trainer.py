@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import detector_command, detector_env, tiny_hyperparameters, write_training_job
+from helpers import detector_command, detector_env, tiny_hyperparameters, write_training_job
 from detector import cli
+from detector.environment import TrainingLayout, write_hyperparameters
 
 pytestmark = pytest.mark.slow
 
@@ -143,8 +144,7 @@ def test_kill_9_resumes_from_the_last_periodic_checkpoint(tmp_path):
 def test_changed_learning_rate_is_refused_on_resume(tmp_path):
     base = write_training_job(tmp_path, tiny_hyperparameters(max_iter=3, learning_rate=0.04))
     assert run_training(base).process.returncode == 0
-    config = base / "input" / "config" / "hyperparameters.json"
-    config.write_text(json.dumps(tiny_hyperparameters(max_iter=3, learning_rate=0.01)))
+    write_hyperparameters(base, tiny_hyperparameters(max_iter=3, learning_rate=0.01))
     refused = run_training(base)
     assert refused.process.returncode == 1
     reason = (base / "output" / "failure").read_text()
@@ -164,8 +164,7 @@ def test_two_hosts_train_one_job_with_gloo(tmp_path):
     hosts = ["algo-1", "algo-2"]
     bases = []
     for host in hosts:
-        base = write_training_job(tmp_path / host, tiny_hyperparameters(max_iter=6, batch_size=4))
-        (base / "input/config/resourceconfig.json").write_text(json.dumps({"current_host": host, "hosts": hosts}))
+        base = write_training_job(tmp_path / host, tiny_hyperparameters(max_iter=6, batch_size=4), hosts=hosts, current_host=host)
         bases.append(base)
     jobs = [TrainingProcess(b, DETECTOR_MASTER_ADDR="127.0.0.1", DETECTOR_MASTER_PORT=port) for b in bases]
     codes = [job.finish() for job in jobs]
@@ -200,8 +199,7 @@ def _edit(base: Path, change, channel: str = "training") -> None:
 
 
 def _hyperparameters(base: Path, **changes) -> None:
-    path = base / "input/config/hyperparameters.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    write_hyperparameters(base, {**json.loads(TrainingLayout(base).hyperparameters_file.read_text()), **changes})
 
 
 @pytest.mark.parametrize("break_input, reason", BAD_INPUTS, ids=[r for _, r in BAD_INPUTS])

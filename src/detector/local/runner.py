@@ -25,8 +25,8 @@ from typing import Callable
 
 from .. import pipeline_spec as spec
 from ..data.coco import find_annotation_file, load_coco
+from ..environment import TrainingLayout, prepare_processing_job, prepare_serving, write_training_job
 from ..errors import DetectorError
-from ..model_dir import extract_model_archive
 from ..serving.model_server import free_port, ping
 from ..data.synthetic import generate_channels
 from .progress import TrainingProgress
@@ -175,18 +175,12 @@ class LocalRun:
 
     def train(self, channels: dict[str, Path]) -> Path:
         base = self.step_dir(spec.STEP_TRAIN)
-        for name, source in channels.items():
-            target = base / "input" / "data" / name
-            if not target.exists():
-                shutil.copytree(source, target)
-        config = base / "input" / "config"
-        config.mkdir(parents=True, exist_ok=True)
-        (config / "hyperparameters.json").write_text(json.dumps(self.training_hyperparameters(), indent=2, sort_keys=True))
-        (config / "inputdataconfig.json").write_text(json.dumps({name: {"TrainingInputMode": "File"} for name in channels}))
-        (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
-        shutil.rmtree(base / "model", ignore_errors=True)
-        (base / "output" / "failure").unlink(missing_ok=True)
-        checkpoints = sorted((base / "checkpoints").glob("checkpoint_*.pth")) if (base / "checkpoints").exists() else []
+        # The channels are copied once: a resumed execution trains on the same copy.
+        write_training_job(base, self.training_hyperparameters(), channels)
+        job = TrainingLayout(base)
+        shutil.rmtree(job.model_dir, ignore_errors=True)
+        job.failure_file.unlink(missing_ok=True)
+        checkpoints = sorted(job.checkpoint_dir.glob("checkpoint_*.pth")) if job.checkpoint_dir.exists() else []
         if checkpoints:
             self.log(f"  resuming from {checkpoints[-1].name} (like a Spot restart)")
 
@@ -194,7 +188,7 @@ class LocalRun:
         code = self._run_logged(["train"], base, self.step_log(spec.STEP_TRAIN), progress.line)
         progress.close()
         if code != 0:
-            raise self.failed(spec.STEP_TRAIN, exit_reason(code, base / "output" / "failure"))
+            raise self.failed(spec.STEP_TRAIN, exit_reason(code, job.failure_file))
         self.metrics.update(progress.metrics)
         for name in ("training_ap", "testing_ap"):
             if name in progress.metrics:
@@ -202,7 +196,7 @@ class LocalRun:
         archive = self.execution_dir / "artifacts" / "model.tar.gz"
         archive.parent.mkdir(parents=True, exist_ok=True)
         with tarfile.open(archive, "w:gz") as tar:  # what SageMaker uploads from /opt/ml/model
-            for path in sorted((base / "model").iterdir()):
+            for path in sorted(job.model_dir.iterdir()):
                 tar.add(path, arcname=path.name)
         self.log(f"  model artifact {archive}")
         return archive
@@ -210,14 +204,11 @@ class LocalRun:
     def evaluate(self, model_archive: Path, testing: Path) -> dict:
         base = self.step_dir(spec.STEP_EVALUATE)
         shutil.rmtree(base, ignore_errors=True)
-        model_input = base / "processing" / "model"
-        model_input.mkdir(parents=True)
-        shutil.copyfile(model_archive, model_input / "model.tar.gz")
-        shutil.copytree(testing, base / "processing" / "test")
+        job = prepare_processing_job(base, model_archive, testing)
         code = self._run_logged(["evaluate"], base, self.step_log(spec.STEP_EVALUATE))
         if code != 0:
-            raise self.failed(spec.STEP_EVALUATE, exit_reason(code, base / "output" / "message"))
-        path = base / "processing" / spec.EVALUATION_OUTPUT / spec.EVALUATION_FILE
+            raise self.failed(spec.STEP_EVALUATE, exit_reason(code, job.failure_file))
+        path = job.evaluation_output / spec.EVALUATION_FILE
         evaluation = json.loads(path.read_text())
         self.log(f"  {path}")
         return {"path": path, "report": evaluation}
@@ -250,7 +241,7 @@ class LocalRun:
             return
         base = self.step_dir(spec.STEP_DEPLOY)
         shutil.rmtree(base, ignore_errors=True)
-        extract_model_archive(package.model_archive, base / "model")
+        prepare_serving(base, package.model_archive)
         port = free_port()
         env = self.backend.environment(base, {"SAGEMAKER_BIND_TO_PORT": str(port), "SAGEMAKER_MODEL_SERVER_WORKERS": "1"})
         log = self.step_log(spec.STEP_DEPLOY)

@@ -1,0 +1,80 @@
+"""Helpers shared by the tests (fixtures are in conftest.py): `detector` subprocesses, training
+layouts with synthetic data, and a `detector serve` to start and wait for.
+
+Importable as ``helpers``: pytest puts this folder on ``sys.path`` for its conftest.py (rootdir
+conftest, ``prepend`` import mode), the same way ``from conftest import ...`` used to work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_MODEL = "detector/faster_rcnn_R_18_FPN_128px.yaml"
+
+
+def detector_env(base_dir: Path | None = None, **extra: str) -> dict[str, str]:
+    """Environment for a `detector` subprocess running this checkout's sources."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]), "PYTHONUNBUFFERED": "1"}
+    if base_dir is not None:
+        env["SAGEMAKER_BASE_DIR"] = str(base_dir)
+    env.update(extra)
+    return env
+
+
+def detector_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "detector", *args]
+
+
+def write_training_job(
+    base_dir: Path, hyperparameters: dict, train_images: int = 24, test_images: int = 8, seed: int = 0, **layout
+) -> Path:
+    """A SageMaker training layout under ``base_dir`` with synthetic channels and string hyperparameters.
+
+    ``layout``: ``hosts``, ``current_host``, ``network_interface_name`` for resourceconfig.json."""
+    from detector import environment
+    from detector.data.synthetic import generate_channels
+
+    channels = generate_channels(environment.TrainingLayout(base_dir).data_dir, train_images, test_images, image_size=128, seed=seed)
+    return environment.write_training_job(base_dir, hyperparameters, list(channels), **layout)
+
+
+def tiny_hyperparameters(**overrides) -> dict[str, str]:
+    params = {
+        "model": SMALL_MODEL,
+        "max_iter": "30",
+        "batch_size": "4",
+        "checkpoint_period": "10",
+        "num_workers": "0",
+        "log_period": "5",
+        # Keep low-confidence boxes so an untrained model still answers with detections.
+        "opts": "MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.0",
+    }
+    params.update({k: str(v) for k, v in overrides.items()})
+    return params
+
+
+def start_serve(base_dir: Path, log_path: Path, **extra_env: str) -> tuple[subprocess.Popen, str]:
+    """Start `detector serve` on a free port, in the log's directory; returns the process and its base URL."""
+    from detector.serving.model_server import free_port
+
+    port = free_port()
+    env = detector_env(base_dir, SAGEMAKER_BIND_TO_PORT=str(port), **extra_env)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(detector_command("serve"), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_until_serving(process: subprocess.Popen, log_path: Path, timeout: float = 180) -> None:
+    """Wait for `detector serve` to log that it is ready (the model is loaded in every worker)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if b"ready: http" in log_path.read_bytes():
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise AssertionError(f"detector serve did not become ready (exit {process.poll()}):\n{log_path.read_text()[-5000:]}")
