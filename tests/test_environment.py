@@ -1,8 +1,10 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from detector import environment
 from detector.environment import ProcessingEnvironment, ServingEnvironment, TrainingEnvironment, write_training_job
 from detector.errors import DetectorError
 
@@ -67,3 +69,13 @@ def test_serving_settings(tmp_path):
 def test_serving_port_must_be_one_multi_model_server_accepts():
     with pytest.raises(DetectorError, match="SAGEMAKER_BIND_TO_PORT"):
         ServingEnvironment.from_env({"SAGEMAKER_BIND_TO_PORT": "41669"})
+
+
+def test_child_environments_extend_this_process(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/lib/a")
+    monkeypatch.setenv("DETECTOR_DROP", "1")
+    assert environment.path_list("PYTHONPATH", "/src") == os.pathsep.join(["/src", "/lib/a"])
+    monkeypatch.delenv("PYTHONPATH")
+    assert environment.path_list("PYTHONPATH", "/src", "/more") == os.pathsep.join(["/src", "/more"])
+    child = environment.environ_with({"SAGEMAKER_BASE_DIR": "/x"}, remove=("DETECTOR_DROP",))
+    assert child["SAGEMAKER_BASE_DIR"] == "/x" and "DETECTOR_DROP" not in child and child["PATH"] == os.environ["PATH"]

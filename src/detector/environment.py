@@ -423,3 +423,8 @@ def environ_with(overrides: Mapping[str, str], remove: tuple[str, ...] = ()) -> 
     """The environment of a child process: this process's, plus ``overrides``, less ``remove``."""
     return {k: v for k, v in {**os.environ, **overrides}.items() if k not in remove}
 
+
+def path_list(name: str, *first: str) -> str:
+    """``first`` ahead of the entries of this process's path-list variable ``name`` (``PATH``,
+    ``PYTHONPATH``), for a child's environment; empty entries are left out."""
+    return os.pathsep.join(p for p in (*first, os.environ.get(name, "")) if p)

@@ -6,13 +6,13 @@ the Docker backend by bind-mounting the step's folder at ``/opt/ml``.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..environment import DEFAULT_BASE_DIR, environ_with, path_list
 from ..errors import DetectorError
 
 
@@ -27,13 +27,14 @@ class ProcessBackend:
 
     def environment(self, step_root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
         src = str(Path(__file__).resolve().parents[2])
-        pythonpath = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
-        return {**os.environ, "SAGEMAKER_BASE_DIR": str(step_root), "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", **(extra or {})}
+        return environ_with(
+            {"SAGEMAKER_BASE_DIR": str(step_root), "PYTHONPATH": path_list("PYTHONPATH", src), "PYTHONUNBUFFERED": "1", **(extra or {})}
+        )
 
 
 @dataclass(frozen=True)
 class DockerBackend:
-    """``docker run IMAGE <command>`` with the step's folder mounted at /opt/ml."""
+    """``docker run IMAGE <command>`` with the step's folder mounted at the container's base dir (``/opt/ml``)."""
 
     train_image: str
     serve_image: str
@@ -54,7 +55,7 @@ class DockerBackend:
 
     def command(self, step_root: Path, args: list[str], image: str | None = None, port: int | None = None) -> list[str]:
         image = image or (self.serve_image if args[:1] == ["serve"] else self.train_image)
-        cmd = [self.docker, "run", "--rm", "--shm-size", "2g", "-v", f"{step_root.resolve()}:/opt/ml"]
+        cmd = [self.docker, "run", "--rm", "--shm-size", "2g", "-v", f"{step_root.resolve()}:{DEFAULT_BASE_DIR}"]
         if self.gpus:
             cmd += ["--gpus", "all"]
         if port is not None:
@@ -62,4 +63,4 @@ class DockerBackend:
         return [*cmd, image, *args]
 
     def environment(self, step_root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-        return dict(os.environ)
+        return environ_with({})

@@ -35,7 +35,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..environment import ServingEnvironment, environ_with
+from ..environment import ServingEnvironment, environ_with, path_list
 from ..errors import DetectorError
 
 HANDLER = "detector.serving.handler_service:handle"
@@ -159,11 +159,11 @@ def start_server(settings: ServingEnvironment) -> ServerProcess:
     bin_dir = str(Path(sys.executable).parent)
     # Workers import this same copy of the package, wherever it was imported from.
     package_root = str(Path(__file__).resolve().parents[2])
-    python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
+    python_path = path_list("PYTHONPATH", package_root)
     env = environ_with(
         {
             # The toolkit runs `multi-model-server` from PATH.
-            "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+            "PATH": path_list("PATH", bin_dir),
             "SAGEMAKER_BASE_DIR": str(settings.base_dir),
             "SAGEMAKER_MODEL_SERVER_WORKERS": str(settings.workers),
             # multi-model-server's pid file and the workers' sockets: private to this server.
