@@ -30,32 +30,18 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import signal
     import sys
-    import time
 
     from .. import pipeline_spec as spec
     from ..errors import DetectorError, UsageError
     from ..local.backends import DockerBackend, ProcessBackend
-    from ..local.runner import LOCAL_PARAMETER_DEFAULTS, LocalRun, stop_server
+    from ..local.executions import plan_execution
+    from ..local.runner import LocalRun, local_parameters, stop_server
 
     # Each line as it happens, also into a pipe or a file (CI logs, `| tee`).
     sys.stdout.reconfigure(line_buffering=True)
     try:
         overrides = spec.parse_overrides(args.param)
-        executions = args.root / "executions"
-        if args.resume:
-            previous = sorted(p for p in executions.iterdir() if p.is_dir()) if executions.is_dir() else []
-            if not previous:
-                raise DetectorError(f"--resume: no execution under {executions} to resume")
-            execution_id = previous[-1].name
-        else:
-            execution_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        parameters = {**spec.defaults(str(args.root.resolve())), **LOCAL_PARAMETER_DEFAULTS, **overrides}
-        if args.resume:
-            saved = executions / execution_id / "parameters.json"
-            if saved.exists() and not overrides:
-                import json
-
-                parameters = json.loads(saved.read_text())
+        execution_id, parameters = plan_execution(args.root, local_parameters(args.root, overrides), overrides, resume=args.resume)
         if args.backend == "docker":
             backend = DockerBackend(args.train_image, args.serve_image, gpus=args.gpus)
             backend.check()

@@ -29,6 +29,7 @@ from ..environment import TrainingLayout, prepare_processing_job, prepare_servin
 from ..errors import DetectorError
 from ..serving.model_server import free_port, ping
 from ..data.synthetic import generate_channels
+from .executions import execution_dir, save_parameters
 from .progress import TrainingProgress
 from .registry import LocalModelRegistry, ModelPackage
 
@@ -48,6 +49,11 @@ LOCAL_HYPERPARAMETERS = {
     "log_period": "10",
 }
 DEMO_DATA = {"train_images": 256, "test_images": 64, "image_size": 256, "seed": 0}
+
+
+def local_parameters(root: Path, overrides: dict[str, spec.Value]) -> dict[str, spec.Value]:
+    """A local run's parameters: the pipeline's defaults, the local ones, then ``overrides``."""
+    return {**spec.defaults(str(Path(root).resolve())), **LOCAL_PARAMETER_DEFAULTS, **overrides}
 
 
 class PipelineFailed(DetectorError):
@@ -80,7 +86,7 @@ class LocalRun:
 
     @property
     def execution_dir(self) -> Path:
-        return self.root / "executions" / self.execution_id
+        return execution_dir(self.root, self.execution_id)
 
     def step_dir(self, name: str) -> Path:
         return self.execution_dir / name.lower()
@@ -102,8 +108,7 @@ class LocalRun:
     # -- orchestration ------------------------------------------------------------------------
 
     def run(self) -> int:
-        self.execution_dir.mkdir(parents=True, exist_ok=True)
-        (self.execution_dir / "parameters.json").write_text(json.dumps(self.parameters, indent=2, sort_keys=True))
+        save_parameters(self.root, self.execution_id, self.parameters)
         self.log(f"Execution {self.execution_id} in {self.execution_dir} ({self.backend.name} backend)")
         try:
             channels = self._step("Data", self.prepare_data)
