@@ -14,7 +14,7 @@ $(VENV)/.ready: pyproject.toml scripts/install_detectron2.py
 	$(PY) -m pip install -q 'pip==25.0.1' 'setuptools<81' wheel
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) scripts/install_detectron2.py
-	$(PY) -m pip install -q -e '.[serve,pipeline,dev]'
+	$(PY) -m pip install -q -e '.[serve,pipeline,train,dev]'
 	touch $@
 
 demo: venv

@@ -40,3 +40,24 @@ def test_bad_serving_settings_name_the_variable(tmp_path, name, value, message):
     with pytest.raises(DetectorError, match=name) as error:
         ServingEnvironment.from_env({"SAGEMAKER_BASE_DIR": str(tmp_path), name: value})
     assert message in str(error.value)
+
+
+def test_serving_and_processing_need_no_training_toolkit(tmp_path):
+    """The serve image does not install sagemaker-training: its environment, the server and the
+    evaluation step's environment must not import it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "sys.modules['sagemaker_training'] = None  # importing it now fails\n"
+        "from detector.environment import ProcessingEnvironment, ServingEnvironment\n"
+        "import detector.commands.serve, detector.serving.model_server, detector.serving.options\n"
+        "env = ServingEnvironment.from_env({'SAGEMAKER_BASE_DIR': sys.argv[1]})\n"
+        "print(env.model_dir, ProcessingEnvironment.from_env({'SAGEMAKER_BASE_DIR': sys.argv[1]}).test_input)\n"
+    )
+    src = Path(__file__).resolve().parents[1] / "src"
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(tmp_path / "model"), str(tmp_path / "processing" / "test")]

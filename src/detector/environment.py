@@ -8,6 +8,11 @@ local runs work in a temporary directory.
 The layout under the base dir is spelled once, in the constants below: the readers (``from_env``)
 and the writers that lay a job out for local runs and tests (``write_training_job``,
 ``prepare_processing_job``, ``prepare_serving``) both use them.
+
+The training contract's files are read here (so a broken file is named precisely) and then
+interpreted by the sagemaker-training toolkit (``sagemaker_training.environment``): hosts, current
+host, network interface, the rendezvous host and the channel names. The toolkit is imported lazily,
+by ``TrainingEnvironment.from_env`` only: the serving image does not install it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -107,6 +115,99 @@ def _float_env(environ: Mapping[str, str], name: str, default: float) -> float:
         raise DetectorError(f"environment variable {name}={raw!r}: expected a number") from None
 
 
+# -- The sagemaker-training toolkit --------------------------------------------------------------------
+
+
+@contextmanager
+def _os_environ_kept():
+    """Undo whatever the block does to ``os.environ``: the toolkit sets variables at import
+    (``SAGEMAKER_BASE_DIR`` when it finds no ``/opt/ml``) and in its constructor (``CURRENT_HOST``,
+    ``SAGEMAKER_JOB_NAME``, ``SAGEMAKER_REGION``)."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - saved.keys():
+            del os.environ[key]
+        for key, value in saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
+def _toolkit():
+    """``sagemaker_training.environment``, imported so that its import-time setup touches nothing of ours.
+
+    At import the toolkit computes its paths from ``SAGEMAKER_BASE_DIR``, creates ``<base>/code``
+    and, with neither ``/opt/ml`` nor that variable, sets the variable to
+    ``~/sagemaker_local/jobs/<time>/opt/ml`` and lays a job out there. Pointed at an empty scratch
+    folder, its module-level paths lead nowhere: this module never lets it read a file (see
+    ``_Given``) and reads every path from its own base dir."""
+    imported = sys.modules.get("sagemaker_training.environment")
+    if imported is not None:
+        return imported
+    try:
+        with _os_environ_kept(), tempfile.TemporaryDirectory(prefix="detector-toolkit-") as scratch:
+            os.environ["SAGEMAKER_BASE_DIR"] = scratch
+            from sagemaker_training import environment
+    except ImportError as e:
+        raise DetectorError(
+            f"the sagemaker-training toolkit is not installed ({e}); install it with pip install 'detector[train]'"
+        ) from e
+    return environment
+
+
+class _Given(dict):
+    """A mapping the toolkit takes as given even when empty: ``Environment`` treats a falsy argument as
+    "not given" and rereads the file from its import-time path."""
+
+    def __bool__(self) -> bool:
+        return True
+
+
+def _toolkit_hyperparameters(hyperparameters: Mapping[str, str]) -> dict[str, object]:
+    """The ``sagemaker_*`` hyperparameters, decoded as the toolkit decodes its own.
+
+    The toolkit JSON-decodes every hyperparameter (``"1e-3"`` becomes a float, ``"true"`` a bool,
+    ``'"x"'`` the string x). Right for its own settings (the SageMaker SDK JSON-encodes them, e.g.
+    ``sagemaker_distribution_instance_groups``), wrong for the project's: those stay strings and
+    ``training.hyperparameters`` parses them, so the toolkit never sees them."""
+    decoded: dict[str, object] = {}
+    for name, value in hyperparameters.items():
+        if name.startswith("sagemaker_"):
+            try:
+                decoded[name] = json.loads(value)
+            except ValueError:
+                decoded[name] = value
+    return decoded
+
+
+def _interpret_with_toolkit(
+    config_dir: Path, resource_config: dict, input_data_config: dict, hyperparameters: Mapping[str, str]
+):
+    """The toolkit's reading of the three (already read and checked) configuration files.
+
+    Its constructor also runs ``nvidia-smi``, ``neuron-ls`` and ``which smddprun`` / ``smddpmprun``
+    and asks boto3 for the region; none of that reaches the result. ``os.environ`` is restored: the
+    constructor sets ``CURRENT_HOST``, ``SAGEMAKER_JOB_NAME`` and ``SAGEMAKER_REGION``."""
+    toolkit = _toolkit()
+    with _os_environ_kept():
+        # The region it asks boto3 for is not used here; a profile variable naming a profile this
+        # machine lacks would make boto3 raise, so boto3 does not see one.
+        for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+            os.environ.pop(name, None)
+        try:
+            return toolkit.Environment(
+                resource_config=_Given(resource_config),
+                input_data_config=_Given(input_data_config),
+                hyperparameters=_Given(_toolkit_hyperparameters(hyperparameters)),
+            )
+        except Exception as e:  # noqa: BLE001 - its failures become one clear message naming the files
+            raise DetectorError(
+                f"{config_dir}: the sagemaker-training toolkit cannot read this training configuration "
+                f"({type(e).__name__}: {e})"
+            ) from e
+
+
 # -- Training ----------------------------------------------------------------------------------------
 
 
@@ -183,6 +284,8 @@ class TrainingEnvironment(TrainingLayout):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "TrainingEnvironment":
+        """The training contract under ``base_dir(environ)``: a function of ``environ`` and those files
+        alone (``os.environ`` is left as it was)."""
         environ = os.environ if environ is None else environ
         layout = TrainingLayout(base_dir(environ))
 
@@ -209,22 +312,40 @@ class TrainingEnvironment(TrainingLayout):
             if not isinstance(raw, dict) or "current_host" not in raw or "hosts" not in raw:
                 raise DetectorError(f"{resource_path}: expected an object with 'current_host' and 'hosts'")
             current_host = str(raw["current_host"])
+            # SageMaker lists the hosts sorted, and the ranks follow that order; the toolkit does not
+            # sort them, so it is handed them sorted.
             hosts = sorted(str(h) for h in raw["hosts"])
             if current_host not in hosts:
                 raise DetectorError(f"{resource_path}: current_host {current_host!r} is not in hosts {hosts}")
             resource_config = {**raw, "current_host": current_host, "hosts": hosts}
 
-        current_host = resource_config["current_host"]
-        hosts = resource_config["hosts"]
-        interface = resource_config.get("network_interface_name")
-        master_host = hosts[0]
+        toolkit = _interpret_with_toolkit(layout.config_dir, resource_config, input_data_config, hyperparameters)
+        hosts = [str(h) for h in toolkit.hosts]
+        # The toolkit's rendezvous host is the first host of the distribution instance groups, in the
+        # order resourceconfig.json lists them. Every host trains here (world size counts them all),
+        # so the rendezvous must be rank 0's host, the first of the sorted hosts: where the two differ
+        # (a heterogeneous cluster distributing over some groups) the project's choice stands.
+        master_host = str(toolkit.master_hostname)
+        if master_host != hosts[0]:
+            master_host = hosts[0]
 
-        channels = {name: layout.channel_dir(name) for name in input_data_config}
+        # The channels the job declares (the toolkit reads their names from inputdataconfig.json), in
+        # this base dir: the toolkit's own channel paths come from its import-time base dir. Channel
+        # folders that the configuration does not declare count too (docker compose mounts input/data
+        # without an inputdataconfig.json); the toolkit knows only declared ones.
+        channels = {name: layout.channel_dir(name) for name in toolkit.channel_input_dirs}
         if layout.data_dir.is_dir():
             for entry in sorted(layout.data_dir.iterdir()):
                 if entry.is_dir():
                     channels.setdefault(entry.name, entry)
 
+        # The toolkit says "eth0" when resourceconfig.json names no interface: a guess that is wrong on
+        # many machines a local run uses. No name is better than a wrong one.
+        interface = toolkit.network_interface_name if "network_interface_name" in resource_config else None
+
+        # GPUs: SM_NUM_GPUS when set, else what torch can use. The toolkit counts `nvidia-smi --list-gpus`,
+        # which ignores CUDA_VISIBLE_DEVICES and counts GPUs that this torch build cannot use; one
+        # training process per GPU calls torch.cuda.set_device, so torch's count is the one that holds.
         num_gpus = _int_env(environ, "SM_NUM_GPUS", None)
         if num_gpus is None:
             num_gpus = _gpu_count()
@@ -233,7 +354,7 @@ class TrainingEnvironment(TrainingLayout):
             base_dir=layout.base_dir,
             hyperparameters=hyperparameters,
             channels=channels,
-            current_host=current_host,
+            current_host=str(toolkit.current_host),
             hosts=hosts,
             network_interface_name=interface,
             num_gpus=num_gpus,

@@ -185,3 +185,64 @@ def test_build_context_holds_only_what_the_images_use():
         # Everything the Dockerfiles read from the context is included.
         assert "source=containers/constraints.txt" in text and "source=.,target=/tmp/detector" in text
         assert not re.search(r"^COPY (?!--from)", text, re.M), "context files come in through bind mounts only"
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _installed_closure(distribution: str) -> dict[str, str]:
+    """Name -> installed version of ``distribution`` and everything it requires, here."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    found: dict[str, str] = {}
+    todo = [distribution]
+    while todo:
+        name = _normalized(todo.pop())
+        if name in found:
+            continue
+        found[name] = importlib.metadata.version(name)
+        for text in importlib.metadata.requires(name) or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return found
+
+
+def test_training_pins_agree_between_pyproject_constraints_and_the_test_environment():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    pinned = constraints()
+    (requirement,) = pyproject["project"]["optional-dependencies"]["train"]
+    name, _, version = requirement.partition("==")
+    assert (name, pinned[name]) == ("sagemaker-training", version)
+    # `make test` installs the extra, so the suite runs with the toolkit the image gets.
+    assert "-e '.[serve,pipeline,train,dev]'" in (REPO / "Makefile").read_text()
+    # The toolkit and what it pulls in: pinned for the image at the versions the test suite runs with
+    # (pip itself comes with the virtualenv).
+    closure = {n: v for n, v in _installed_closure(name).items() if n != "pip"}
+    assert {n: pinned.get(n) for n in closure} == closure
+
+
+def test_train_image_installs_the_toolkit_from_a_wheel_built_in_the_build_stage_and_serve_does_not():
+    train, serve = (parse(REPO / "containers" / name / "Dockerfile") for name in IMAGES)
+    # An sdist with a C extension: compiled where the compiler is, never in the final stage.
+    build = train.stage(BUILD_STAGE).run_commands()
+    assert "pip wheel --no-deps -c /tmp/constraints.txt --wheel-dir /wheels sagemaker-training" in build
+    (install,) = [i for i in train.final.all("RUN") if "pip install" in i.value]
+    assert "/tmp/wheels/sagemaker_training-*.whl" in install.value
+    assert "sagemaker_training" not in serve.final.run_commands() and "[train]" not in serve.final.run_commands()
+
+
+def test_the_toolkits_train_script_is_not_what_docker_run_image_train_runs():
+    """sagemaker-training installs a console script named `train`; the exec-form ENTRYPOINT makes
+    SageMaker's `docker run IMAGE train` run `detector train` all the same."""
+    import importlib.metadata
+
+    (script,) = importlib.metadata.entry_points(group="console_scripts", name="train")
+    assert script.value == "sagemaker_training.cli.train:main"
+    final = parse(REPO / "containers" / "train" / "Dockerfile").final
+    (entrypoint,) = final.all("ENTRYPOINT")
+    (cmd,) = final.all("CMD")
+    assert entrypoint.exec_form() + cmd.exec_form() == ["detector", "train"]
