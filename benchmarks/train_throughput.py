@@ -13,7 +13,6 @@ GPU (--gpu):   R50-FPN at the zoo's 800 px, batch 16; `detector train` with AMP,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -60,10 +59,10 @@ trainer.train()
 
 def prepare(root: Path, hyperparameters: dict, images: int, size: int) -> None:
     from detector.data.synthetic import generate_channels
+    from detector.environment import TrainingLayout, write_training_job
 
-    generate_channels(root / "input" / "data", images, 8, size, seed=0)
-    (root / "input" / "config").mkdir(parents=True, exist_ok=True)
-    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    write_training_job(root, hyperparameters, ["training", "testing"])
+    generate_channels(TrainingLayout(root).data_dir, images, 8, size, seed=0)
 
 
 def run(kind: str, root: Path) -> float:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from helpers import detector_command, detector_env
 from detector.cli import main
+from detector.environment import prepare_processing_job
 from detector.pipeline_spec import EVALUATION_FILE, EVALUATION_PLOT, TESTING_AP_PATH
 from detector.data.synthetic import generate
 
@@ -32,8 +33,8 @@ def make_archive(model_dir: Path, archive: Path) -> Path:
 
 
 def processing_layout(base: Path, model_dir: Path, test_channel: Path) -> Path:
-    make_archive(model_dir, base / "processing" / "model" / "model.tar.gz")
-    shutil.copytree(test_channel, base / "processing" / "test")
+    make_archive(model_dir, base / "model.tar.gz")
+    prepare_processing_job(base, base / "model.tar.gz", test_channel)
     return base
 
 

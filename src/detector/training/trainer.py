@@ -49,7 +49,7 @@ class Channels:
 def load_channels(env: TrainingEnvironment, params: Hyperparameters) -> Channels:
     if "training" not in env.channels:
         raise InputDataError(
-            f"no 'training' channel: expected COCO data in {env.base_dir / 'input' / 'data' / 'training'}"
+            f"no 'training' channel: expected COCO data in {env.channel_dir('training')}"
         )
     training = load_coco(find_annotation_file(env.channels["training"], "training", params.training_annotations))
     testing = None
