@@ -72,6 +72,21 @@ def serving_model_dir(base: Path) -> Path:
     return Path(base) / MODEL_DIR
 
 
+def _weights_cache(environ: Mapping[str, str]) -> Path:
+    """DETECTOR_WEIGHTS_CACHE, else ~/.cache/detector/weights (made absolute)."""
+    if environ.get("DETECTOR_WEIGHTS_CACHE"):
+        return Path(environ["DETECTOR_WEIGHTS_CACHE"]).absolute()
+    home = environ.get("HOME") or tempfile.gettempdir()
+    return Path(home, ".cache", "detector", "weights").absolute()
+
+
+def export_environ(values: Mapping[str, str]) -> None:
+    """Set ``values`` in this process's environment, where no value is set already (a user's choice
+    stands): what child processes started afterwards inherit."""
+    for name, value in values.items():
+        os.environ.setdefault(name, value)
+
+
 def _read_json(path: Path, what: str) -> object:
     try:
         with open(path, encoding="utf-8") as f:
@@ -273,6 +288,17 @@ class TrainingEnvironment(TrainingLayout):
     num_gpus: int
     master_addr: str
     master_port: int
+    # The training job's name (SageMaker sets TRAINING_JOB_NAME); None outside a job.
+    job_name: str | None = None
+    # Where downloaded starting weights are kept: outside /opt/ml, so they reach neither the model
+    # archive nor the checkpoints synced to S3.
+    weights_cache: Path = Path("/tmp/detector-weights")
+
+    def distributed_environ(self) -> dict[str, str]:
+        """Variables the training processes need: NCCL and gloo use the interface SageMaker names."""
+        if not self.network_interface_name:
+            return {}
+        return {"NCCL_SOCKET_IFNAME": self.network_interface_name, "GLOO_SOCKET_IFNAME": self.network_interface_name}
 
     @property
     def host_rank(self) -> int:
@@ -361,6 +387,8 @@ class TrainingEnvironment(TrainingLayout):
             # On SageMaker every host resolves the others by name; locally the first host is this machine.
             master_addr=environ.get("DETECTOR_MASTER_ADDR") or master_host,
             master_port=_int_env(environ, "DETECTOR_MASTER_PORT", 29500) or 29500,
+            job_name=environ.get("TRAINING_JOB_NAME") or None,
+            weights_cache=_weights_cache(environ),
         )
 
 

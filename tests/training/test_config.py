@@ -85,7 +85,17 @@ def test_zoo_schedule_scales_too(tmp_path):
     cfg = build(zoo, tmp_path)
     assert cfg.SOLVER.MAX_ITER == 2700 and tuple(cfg.SOLVER.STEPS) == (2100, 2500)
     assert cfg.SOLVER.WARMUP_ITERS == 270
-    assert cfg.MODEL.WEIGHTS == "", "zoo weights are URLs; nothing is downloaded at run time"
+    # The zoo config's ImageNet backbone, as a URL: downloaded when training starts, not here.
+    assert cfg.MODEL.WEIGHTS == "https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/MSRA/R-50.pkl"
+    assert cfg.MODEL.BACKBONE.FREEZE_AT == 2 and cfg.MODEL.RESNETS.NORM == "FrozenBN", "frozen layers hold pretrained values"
+
+
+def test_zoo_config_from_scratch_trains_every_layer(tmp_path):
+    zoo = Hyperparameters.from_strings({"model": "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml", "max_iter": "2700", "weights": "none"})
+    cfg = build(zoo, tmp_path)
+    assert cfg.MODEL.WEIGHTS == "" and cfg.MODEL.BACKBONE.FREEZE_AT == 0 and cfg.MODEL.RESNETS.NORM == "BN"
+    cleared = Hyperparameters.from_strings({"model": "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml", "max_iter": "2700", "opts": 'MODEL.WEIGHTS ""'})
+    assert build(cleared, tmp_path).MODEL.WEIGHTS == ""
 
 
 def test_explicit_steps_in_opts_win_over_the_scaled_ones(tmp_path):

@@ -48,6 +48,10 @@ def describe_differences(saved: dict, current: dict) -> list[str]:
     return differences
 
 
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:200]
+
+
 class CheckpointStore:
     def __init__(self, directory: Path):
         self.directory = directory
@@ -84,18 +88,45 @@ class CheckpointStore:
 
     def latest(self) -> Checkpoint | None:
         """The newest checkpoint that loads, or None when there is none."""
+        for iteration, path in reversed(self.files()):
+            checkpoint = self._load(iteration, path)
+            if checkpoint is not None:
+                return checkpoint
+        return None
+
+    def load(self, iteration: int) -> Checkpoint | None:
+        """The checkpoint of ``iteration`` when it is here and loads, else None."""
+        path = dict(self.files()).get(iteration)
+        return None if path is None else self._load(iteration, path)
+
+    def _load(self, iteration: int, path: Path) -> Checkpoint | None:
         import torch
 
-        for iteration, path in reversed(self.files()):
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-                if not isinstance(state, dict) or state.get("iteration") != iteration or "model" not in state:
-                    raise ValueError("not a checkpoint written by detector train")
-            except Exception as e:  # a torn file raises whatever the unpickler hits first
-                logger.warning("Skipping unreadable checkpoint %s (%s); trying an older one", path, e)
-                continue
-            return Checkpoint(path, iteration, state)
-        return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or state.get("iteration") != iteration or "model" not in state:
+                raise ValueError("not a checkpoint written by detector train")
+        except Exception as e:  # a torn file raises whatever the unpickler hits first
+            logger.warning("Skipping unreadable checkpoint %s (%s); trying an older one", path, e)
+            return None
+        return Checkpoint(path, iteration, state)
+
+    def reset_once(self, job_name: str | None) -> bool:
+        """Discard the checkpoints for ``reset_checkpoints``, once per job: a marker in the directory
+        (synced to S3 and back with the checkpoints) tells a restarted job that its reset is done, so
+        it resumes. Without a job name every run resets. Returns whether it discarded anything."""
+        marker = self.directory / f".reset-by-{_safe_name(job_name)}" if job_name else None
+        if marker is not None and marker.exists():
+            logger.info("reset_checkpoints: this job (%s) already discarded the old checkpoints; resuming its own", job_name)
+            return False
+        found = self.files()
+        if found:
+            logger.warning("reset_checkpoints is set: discarding %d checkpoint(s) in %s", len(found), self.directory)
+        self.clear()
+        if marker is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"checkpoints reset by training job {job_name}\n")
+        return bool(found)
 
     def check_compatible(self, checkpoint: Checkpoint, fingerprint: dict) -> None:
         saved = json.loads(checkpoint.state.get("fingerprint", "{}"))

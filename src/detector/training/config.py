@@ -8,12 +8,17 @@ Order of precedence, lowest first: the model config (a detectron2 model-zoo path
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Mapping
 
 import yaml
 
 from ..errors import HyperparameterError
 from .hyperparameters import Hyperparameters
+from .weights import resolve_source
+
+logger = logging.getLogger("detector.train")
 
 PACKAGE_CONFIG_PREFIX = "detector/"
 PACKAGE_CONFIG_DIR = Path(__file__).parent / "configs"
@@ -71,17 +76,18 @@ def build_training_config(
     dataset_size: int,
     use_gpu: bool,
     output_dir: Path,
+    channels: Mapping[str, Path] | None = None,
+    world_size: int = 1,
 ):
-    """The complete, frozen config of a training run."""
+    """The complete, frozen config of a training run.
+
+    ``MODEL.WEIGHTS`` ends up as where training starts (a URL, an absolute path, or "" for from
+    scratch; see :mod:`detector.training.weights`); nothing is downloaded here."""
     cfg = load_model_config(params.model)
     zoo_max_iter = cfg.SOLVER.MAX_ITER
     zoo_steps = tuple(cfg.SOLVER.STEPS)
 
     cfg.MODEL.DEVICE = "cuda" if use_gpu else "cpu"
-    # From-scratch training unless the config points at weights that exist on local disk: nothing can
-    # be downloaded at run time.
-    if cfg.MODEL.WEIGHTS and not Path(cfg.MODEL.WEIGHTS).is_file():
-        cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
     cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
     cfg.DATASETS.TRAIN = (TRAIN_DATASET,)
@@ -108,6 +114,15 @@ def build_training_config(
             cfg.merge_from_list(list(params.opts))
         except (KeyError, ValueError, AssertionError, TypeError) as e:
             raise HyperparameterError(f"hyperparameter 'opts': {e}") from None
+    # Where training starts: the hyperparameter, else MODEL.WEIGHTS set in opts, else the pretrained
+    # channel, else the model config's own MODEL.WEIGHTS.
+    if params.weights is not None:
+        cfg.MODEL.WEIGHTS = resolve_source(params.weights, "", {})
+    else:
+        in_opts = "MODEL.WEIGHTS" in params.opts[::2]
+        cfg.MODEL.WEIGHTS = resolve_source(None, cfg.MODEL.WEIGHTS, {} if in_opts else dict(channels or {}))
+    if not cfg.MODEL.WEIGHTS:
+        adjust_for_scratch(cfg, use_gpu and world_size > 1)
     if cfg.SOLVER.MAX_ITER <= 0:
         raise HyperparameterError(f"the run length must be positive, got SOLVER.MAX_ITER={cfg.SOLVER.MAX_ITER}")
     if any(step >= cfg.SOLVER.MAX_ITER for step in cfg.SOLVER.STEPS):
@@ -117,3 +132,25 @@ def build_training_config(
         )
     cfg.freeze()
     return cfg
+
+
+def adjust_for_scratch(cfg, several_gpus: bool) -> list[str]:
+    """From scratch, nothing may stay frozen at its random initial value: the backbone trains from
+    its first layer, and frozen batch norm becomes trainable (SyncBN across several GPUs, else BN).
+    Returns the changes, which are also logged."""
+    changes = []
+    if cfg.MODEL.BACKBONE.FREEZE_AT > 0:
+        changes.append(f"MODEL.BACKBONE.FREEZE_AT {cfg.MODEL.BACKBONE.FREEZE_AT} -> 0")
+        cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    norm = "SyncBN" if several_gpus else "BN"
+    for key in ("RESNETS", "FPN"):
+        node = getattr(cfg.MODEL, key)
+        if node.NORM == "FrozenBN":
+            changes.append(f"MODEL.{key}.NORM FrozenBN -> {norm}")
+            node.NORM = norm
+    if changes:
+        logger.info(
+            "Training from scratch: no layer may stay frozen at random values, so %s. Set weights (or the "
+            "pretrained channel) to fine-tune instead", "; ".join(changes),
+        )
+    return changes

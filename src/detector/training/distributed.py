@@ -48,3 +48,12 @@ def gather_to_main(rank: Rank, value) -> list | None:
 
     gathered = comm.gather(value, dst=0)
     return gathered if rank.is_main else None
+
+
+def all_gather(rank: Rank, value) -> list:
+    """Every rank's ``value``, in rank order, on every rank."""
+    if rank.world_size == 1:
+        return [value]
+    from detectron2.utils import comm
+
+    return comm.all_gather(value)

@@ -23,6 +23,8 @@ _FALSE = {"false", "0", "no", "off"}
 @dataclass(frozen=True)
 class Hyperparameters:
     model: str = DEFAULT_MODEL
+    # Where training starts (see detector.training.weights); None: the pretrained channel, else the config's.
+    weights: str | None = None
     max_iter: int | None = None
     num_epochs: float | None = None
     learning_rate: float | None = None
@@ -30,6 +32,8 @@ class Hyperparameters:
     checkpoint_period: int = 500
     checkpoint_minutes: float = 10.0
     eval_period: int = 0
+    # training_ap is measured on this many training images, a fixed sample (0: all of them).
+    training_eval_images: int = 500
     seed: int = 42
     amp: bool = True
     opts: tuple[str, ...] = field(default_factory=tuple)
@@ -69,7 +73,7 @@ class Hyperparameters:
         for name, value in positive.items():
             if value is not None and not value > 0:
                 raise HyperparameterError(f"hyperparameter {name!r} must be greater than 0, got {value}")
-        for name in ("checkpoint_minutes", "eval_period", "num_workers"):
+        for name in ("checkpoint_minutes", "eval_period", "num_workers", "training_eval_images"):
             if getattr(self, name) < 0:
                 raise HyperparameterError(f"hyperparameter {name!r} must not be negative, got {getattr(self, name)}")
         if len(self.opts) % 2:
@@ -97,6 +101,8 @@ def _parse(name: str, text: str) -> Any:
     if not isinstance(text, str):
         text = str(text)
     value = text.strip()
+    if name == "weights":  # "none" is a value here (from scratch); empty or "default" means not set
+        return None if value.lower() in ("", "default") else value
     optional = "None" in annotation
     if optional and value.lower() in ("", "none", "null"):
         return None

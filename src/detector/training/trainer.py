@@ -14,15 +14,17 @@ from dataclasses import dataclass
 from ..data.coco import CocoDataset, find_annotation_file, load_coco, require_categories_within
 from ..data.loaders import build_test_loader, build_train_loader, register_dataset, to_detectron2_dicts
 from ..environment import TrainingEnvironment
-from ..errors import InputDataError
+from ..errors import CheckpointError, InputDataError
 from ..evaluation.metrics import CocoMetrics, coco_box_metrics, predict_dataset, print_metric_lines
 from ..model_dir import LabelMap, save_model
 from .checkpoint import CheckpointStore, fingerprint_digest
 from .config import TEST_DATASET, TRAIN_DATASET, build_training_config
-from .distributed import Rank, barrier
+from .distributed import Rank, all_gather, barrier
 from .hooks import CheckpointHook, PeriodicEvalHook
 from .hyperparameters import Hyperparameters
 from .state import TrainingState
+from .weights import identity as weights_identity
+from .weights import load_weights, local_weights
 from .stop import EXIT_CODE_STOPPED, StopRequest, TrainingInterrupted
 
 logger = logging.getLogger("detector.train")
@@ -31,6 +33,7 @@ logger = logging.getLogger("detector.train")
 _RESUME_NEUTRAL_KEYS = (
     "OUTPUT_DIR",
     "MODEL.DEVICE",
+    "MODEL.WEIGHTS",  # where the starting weights live; the fingerprint's "starting weights" is what they are
     "SOLVER.CHECKPOINT_PERIOD",
     "TEST.EVAL_PERIOD",
     "DATALOADER.NUM_WORKERS",
@@ -72,6 +75,7 @@ def _flatten(node, prefix: str = "") -> dict:
 
 def training_fingerprint(cfg, channels: Channels) -> dict:
     fingerprint = {k: v for k, v in _flatten(cfg).items() if k not in _RESUME_NEUTRAL_KEYS}
+    fingerprint["starting weights"] = weights_identity(cfg.MODEL.WEIGHTS) or "none (from scratch)"
     fingerprint["training data"] = fingerprint_digest(
         {"images": channels.training.images, "annotations": channels.training.annotations}
     )
@@ -98,6 +102,8 @@ class Trainer:
             dataset_size=len(self.channels.training.images),
             use_gpu=env.num_gpus > 0,
             output_dir=env.checkpoint_dir,
+            channels=env.channels,
+            world_size=rank.world_size,
         )
         if self.cfg.SOLVER.IMS_PER_BATCH % rank.world_size:
             raise InputDataError(
@@ -106,6 +112,16 @@ class Trainer:
             )
         self.train_records = to_detectron2_dicts(self.channels.training, self.labels)
         register_dataset(TRAIN_DATASET, self.train_records, self.labels, str(self.channels.training.json_path))
+        # training_ap on a fixed sample: the whole channel can take hours at the end of a long job.
+        self.train_eval_dataset = self.channels.training.sample(params.training_eval_images, params.seed)
+        self.train_eval_records = self.train_records
+        if self.train_eval_dataset is not self.channels.training:
+            ids = {image["id"] for image in self.train_eval_dataset.images}
+            self.train_eval_records = [r for r in self.train_records if r["image_id"] in ids]
+            logger.info(
+                "training_ap is measured on a fixed sample of %d of the %d training images (hyperparameter training_eval_images)",
+                len(ids), len(self.train_records),
+            )
         self.test_records = None
         if self.channels.testing is not None:
             self.test_records = to_detectron2_dicts(self.channels.testing, self.labels)
@@ -151,8 +167,9 @@ class Trainer:
         training_hooks = [
             hooks.IterationTimer(),
             hooks.LRScheduler(state.optimizer, state.scheduler),
-            CheckpointHook(self.store, state, self.cfg.SOLVER.CHECKPOINT_PERIOD, self.params.checkpoint_minutes, self.stop, self.max_iter),
+            # Before the checkpoint hook: a stop request ends the evaluation, then that hook saves and stops.
             PeriodicEvalHook(self.cfg.TEST.EVAL_PERIOD, self.max_iter, lambda: self.evaluate(state.model)),
+            CheckpointHook(self.store, state, self.cfg.SOLVER.CHECKPOINT_PERIOD, self.params.checkpoint_minutes, self.stop, self.max_iter),
         ]
         if self.rank.is_main:
             training_hooks.append(hooks.PeriodicWriter([CommonMetricPrinter(self.max_iter)], period=self.params.log_period))
@@ -161,19 +178,43 @@ class Trainer:
     # -- resume, train, evaluate, save ---------------------------------------------------------
 
     def resume_or_load(self, state: TrainingState) -> int:
-        """Restore the newest usable checkpoint of this job into ``state``; returns the start iteration."""
-        if self.params.reset_checkpoints and self.rank.is_main and self.store.files():
-            logger.warning("reset_checkpoints is set: discarding %d checkpoint(s) in %s", len(self.store.files()), self.store.directory)
-            self.store.clear()
+        """Restore the newest usable checkpoint of this job into ``state``, else load the starting
+        weights; returns the start iteration. Every rank starts from rank 0's choice."""
+        if self.params.reset_checkpoints and self.rank.local_rank == 0:  # every host has its own copy
+            self.store.reset_once(self.env.job_name)
         barrier(self.rank)
         checkpoint = self.store.latest()
+        iterations = all_gather(self.rank, -1 if checkpoint is None else checkpoint.iteration)
+        if len(set(iterations)) > 1:
+            chosen = iterations[0]
+            logger.warning("The hosts' checkpoints differ (iterations %s); every rank uses rank 0's: %s", iterations, chosen)
+            checkpoint = None if chosen < 0 else self.store.load(chosen)
+            if chosen >= 0 and checkpoint is None:
+                raise CheckpointError(
+                    f"host {self.env.current_host} has no readable checkpoint_{chosen:08d}.pth in {self.store.directory}, "
+                    f"which rank 0 resumes from (it has {[i for i, _ in self.store.files()] or 'none'})"
+                )
         if checkpoint is None:
             logger.info("No checkpoint in %s: starting at iteration 0 of %d", self.store.directory, self.max_iter)
+            self.load_starting_weights(state.model)
             return 0
         self.store.check_compatible(checkpoint, self.fingerprint)
         start_iter = state.load_state_dict(checkpoint.state)
         logger.info("Resuming from %s at iteration %d of %d", checkpoint.path, start_iter, self.max_iter)
         return start_iter
+
+    def load_starting_weights(self, model) -> None:
+        """The pretrained weights named by ``MODEL.WEIGHTS`` (downloaded once per host), or none."""
+        source = self.cfg.MODEL.WEIGHTS
+        if not source:
+            logger.info("Training from scratch: no starting weights")
+            return
+        if self.rank.local_rank == 0:
+            path = local_weights(source, self.env.weights_cache)
+        barrier(self.rank)
+        if self.rank.local_rank != 0:
+            path = local_weights(source, self.env.weights_cache)  # in the cache now
+        load_weights(model, path, source, self.labels)
 
     def train(self, state: TrainingState, start_iter: int) -> bool:
         """detectron2's training loop from ``start_iter``; False when a stop request ended it (checkpoint saved)."""
@@ -203,15 +244,16 @@ class Trainer:
         return True
 
     def evaluate(self, model) -> dict:
-        """COCO metrics on both channels; prints the metric lines on rank 0."""
+        """COCO metrics on the testing channel and a fixed sample of the training channel; prints the
+        metric lines on rank 0. Raises EvaluationInterrupted on a stop request."""
         results = {}
         for prefix, dataset, records in (
-            ("training", self.channels.training, self.train_records),
+            ("training", self.train_eval_dataset, self.train_eval_records),
             ("testing", self.channels.testing, self.test_records),
         ):
             if dataset is None:
                 continue
-            detections = predict_dataset(model, build_test_loader(self.cfg, records), self.labels)
+            detections = predict_dataset(model, build_test_loader(self.cfg, records), self.labels, self.stop.is_set)
             if self.rank.is_main:
                 metrics = coco_box_metrics(dataset, detections, self.labels)
                 print_metric_lines(prefix, metrics)
