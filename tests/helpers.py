@@ -7,8 +7,10 @@ conftest, ``prepend`` import mode), the same way ``from conftest import ...`` us
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -78,3 +80,49 @@ def wait_until_serving(process: subprocess.Popen, log_path: Path, timeout: float
             break
         time.sleep(0.2)
     raise AssertionError(f"detector serve did not become ready (exit {process.poll()}):\n{log_path.read_text()[-5000:]}")
+
+
+class TrainingProcess:
+    """A `detector train` subprocess whose combined output is collected line by line."""
+
+    def __init__(self, base: Path, **env):
+        self.process = subprocess.Popen(
+            detector_command("train"),
+            env=detector_env(base, **env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 300) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.output)
+            if match:
+                return match
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} not seen; output:\n{self.output[-4000:]}")
+
+    def finish(self, timeout: float = 600) -> int:
+        code = self.process.wait(timeout)
+        self._reader.join(10)
+        return code
+
+
+def run_training(base: Path, **env) -> TrainingProcess:
+    job = TrainingProcess(base, **env)
+    job.finish()
+    return job

@@ -13,59 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import detector_command, detector_env, tiny_hyperparameters, write_training_job
+from helpers import TrainingProcess, detector_command, detector_env, run_training, tiny_hyperparameters, write_training_job
 from detector import cli
 from detector.environment import TrainingLayout, write_hyperparameters
 
 pytestmark = pytest.mark.slow
 
 METRIC_LINE = re.compile(r"^(training|testing)_ap ([0-9\.]+)$", re.M)
-
-
-class TrainingProcess:
-    """A `detector train` subprocess whose combined output is collected line by line."""
-
-    def __init__(self, base: Path, **env):
-        self.process = subprocess.Popen(
-            detector_command("train"),
-            env=detector_env(base, **env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = 300) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = re.search(pattern, self.output)
-            if match:
-                return match
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"{pattern!r} not seen; output:\n{self.output[-4000:]}")
-
-    def finish(self, timeout: float = 600) -> int:
-        code = self.process.wait(timeout)
-        self._reader.join(10)
-        return code
-
-
-def run_training(base: Path, **env) -> TrainingProcess:
-    job = TrainingProcess(base, **env)
-    job.finish()
-    return job
 
 
 def checkpoints(base: Path) -> list[str]:
@@ -228,3 +182,16 @@ def test_sigterm_during_the_final_evaluation_exits_and_restart_only_evaluates(tm
     assert resumed.process.returncode == 0, resumed.output[-3000:]
     assert "at iteration 4 of 4" in resumed.output and "Starting training" not in resumed.output
     assert METRIC_LINE.search(resumed.output) and (base / "model" / "model_final.pth").exists()
+
+
+def test_sigterm_during_a_periodic_evaluation_stops_within_seconds(tmp_path):
+    # Many test images make the evaluation long enough to be caught in the middle.
+    base = write_training_job(tmp_path, tiny_hyperparameters(max_iter=40, eval_period=2, checkpoint_period=1000), test_images=400)
+    job = TrainingProcess(base)
+    job.wait_for(r"Evaluating after iteration 2\b", timeout=300)
+    sent = time.monotonic()
+    job.process.send_signal(signal.SIGTERM)
+    assert job.finish(timeout=120) == 143, job.output[-3000:]
+    assert time.monotonic() - sent < 20, "the evaluation must not run to its end"
+    assert "Evaluation after iteration 2 stopped by a stop request" in job.output
+    assert checkpoints(base) == ["checkpoint_00000002.pth"]

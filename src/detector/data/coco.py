@@ -34,6 +34,17 @@ class CocoDataset:
     def image_path(self, image: dict) -> Path:
         return self.image_dir / image["file_name"]
 
+    def sample(self, count: int, seed: int) -> "CocoDataset":
+        """``count`` images chosen by ``seed`` (the same every run), with their annotations; all when fewer."""
+        if count <= 0 or count >= len(self.images):
+            return self
+        import random
+
+        chosen = sorted(random.Random(seed).sample(range(len(self.images)), count))
+        images = [self.images[i] for i in chosen]
+        ids = {image["id"] for image in images}
+        return CocoDataset(self.json_path, images, [a for a in self.annotations if a["image_id"] in ids], self.categories)
+
     def annotations_by_image(self) -> dict[int, list[dict]]:
         grouped: dict[int, list[dict]] = {image["id"]: [] for image in self.images}
         for ann in self.annotations:

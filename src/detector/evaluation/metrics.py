@@ -126,17 +126,28 @@ def instances_to_coco_results(image_id: int, instances, labels: LabelMap) -> lis
     ]
 
 
-def predict_dataset(model, loader, labels: LabelMap) -> list[dict]:
-    """Run ``model`` over this process's share of a test loader; gathered on rank 0 (others get [])."""
+class EvaluationInterrupted(Exception):
+    """A stop request arrived while the model ran over a dataset; the results are incomplete."""
+
+
+def predict_dataset(model, loader, labels: LabelMap, should_stop=None) -> list[dict]:
+    """Run ``model`` over this process's share of a test loader; gathered on rank 0 (others get []).
+
+    ``should_stop`` is asked before each batch; once it answers True the loop ends, every rank
+    still meets in the gather, and :class:`EvaluationInterrupted` is raised."""
     import torch
     from detectron2.utils import comm
 
     was_training = model.training
     model.eval()
     results: list[dict] = []
+    interrupted = False
     try:
         with torch.no_grad():
             for inputs in loader:
+                if should_stop is not None and should_stop():
+                    interrupted = True
+                    break
                 outputs = model(inputs)
                 for item, output in zip(inputs, outputs):
                     results.extend(instances_to_coco_results(item["image_id"], output["instances"], labels))
@@ -145,6 +156,8 @@ def predict_dataset(model, loader, labels: LabelMap) -> list[dict]:
     if comm.get_world_size() > 1:
         gathered = comm.gather(results, dst=0)
         results = [r for part in gathered for r in part] if comm.is_main_process() else []
+    if interrupted:
+        raise EvaluationInterrupted(f"stopped after {len(results)} detections")
     return results
 
 

@@ -8,6 +8,7 @@ from typing import Callable
 
 from detectron2.engine import HookBase
 
+from ..evaluation.metrics import EvaluationInterrupted
 from .checkpoint import CheckpointStore
 from .distributed import Rank, any_rank, barrier
 from .state import TrainingState
@@ -54,7 +55,10 @@ class CheckpointHook(HookBase):
 
 
 class PeriodicEvalHook(HookBase):
-    """Evaluates every ``period`` iterations except after the last (the final evaluation follows)."""
+    """Evaluates every ``period`` iterations except after the last (the final evaluation follows).
+
+    Registered before :class:`CheckpointHook`: a stop request during the evaluation ends it within a
+    batch, and the checkpoint hook then saves this iteration and stops training."""
 
     def __init__(self, period: int, max_iter: int, evaluate: Callable[[], object]):
         self.period, self.max_iter, self.evaluate = period, max_iter, evaluate
@@ -62,4 +66,8 @@ class PeriodicEvalHook(HookBase):
     def after_step(self):
         completed = self.trainer.iter + 1
         if self.period and completed % self.period == 0 and completed != self.max_iter:
-            self.evaluate()
+            logger.info("Evaluating after iteration %d", completed)
+            try:
+                self.evaluate()
+            except EvaluationInterrupted:
+                logger.warning("Evaluation after iteration %d stopped by a stop request", completed)
