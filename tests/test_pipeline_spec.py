@@ -33,7 +33,7 @@ def test_every_parameter_is_typed_described_and_its_default_parses():
 def test_hyperparameters_are_real_training_hyperparameters():
     known = {f.name for f in dataclasses.fields(Hyperparameters)}
     mapped = [p.hyperparameter for p in pipeline_spec.PARAMETERS if p.hyperparameter]
-    assert set(mapped) == {"num_epochs", "learning_rate", "max_iter"}
+    assert set(mapped) == {"num_epochs", "learning_rate", "max_iter", "weights"}
     assert set(mapped) <= known
     # The values the pipeline passes (strings) are accepted by the training image's parser.
     Hyperparameters.from_strings({p.hyperparameter: str(p.default) for p in pipeline_spec.PARAMETERS if p.hyperparameter})

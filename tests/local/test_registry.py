@@ -44,3 +44,20 @@ def test_only_the_approval_status_changes(tmp_path, artifacts):
     assert approved.approval_status == "Approved"
     assert registry.get("detector", 1).approval_status == "Approved"
     assert approved.model_archive.read_bytes() == b"archive"
+
+
+def test_pretrained_weights_registry_latest_names_the_newest_approved_archive(tmp_path, artifacts):
+    from detector.local.backends import ProcessBackend
+    from detector.local.runner import LocalRun, PipelineFailed, local_parameters
+
+    run = LocalRun(root=tmp_path, parameters=local_parameters(tmp_path, {"PretrainedWeights": "registry:latest"}),
+                   execution_id="x", backend=ProcessBackend(), log=lambda line: None)
+    with pytest.raises(PipelineFailed, match="PretrainedWeights=registry:latest: no Approved model package"):
+        run.training_hyperparameters()
+    registry = LocalModelRegistry(tmp_path / "registry")
+    approved = register(registry, artifacts)
+    register(registry, artifacts, "PendingManualApproval")
+    assert run.training_hyperparameters()["weights"] == str(approved.model_archive.absolute())
+    # The local default: the small model's own (empty) weights, nothing downloaded.
+    default = LocalRun(root=tmp_path, parameters=local_parameters(tmp_path, {}), execution_id="y", backend=ProcessBackend())
+    assert default.training_hyperparameters()["weights"] == "default"

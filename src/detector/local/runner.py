@@ -40,7 +40,13 @@ STEP_LOGS = {spec.STEP_TRAIN: "train.log", spec.STEP_EVALUATE: "evaluate.log", s
 
 # The SageMaker defaults train R50-FPN for 90k iterations on a GPU. On a CPU the local run trains the
 # small packaged model instead; every other parameter keeps the pipeline's default.
-LOCAL_PARAMETER_DEFAULTS: dict[str, spec.Value] = {"MaxIter": 600, "NumEpoch": 100.0, "LearningRate": 0.04, "MinTestingAP": 0.6}
+LOCAL_PARAMETER_DEFAULTS: dict[str, spec.Value] = {
+    "MaxIter": 600, "NumEpoch": 100.0, "LearningRate": 0.04, "MinTestingAP": 0.6,
+    # No downloads on a workstation by default: the small model's own (empty) weights, from scratch.
+    "PretrainedWeights": "default",
+}
+# PretrainedWeights=registry:latest warm-starts from the newest Approved package of the local registry.
+REGISTRY_LATEST = "registry:latest"
 LOCAL_HYPERPARAMETERS = {
     "model": "detector/faster_rcnn_R_18_FPN_128px.yaml",
     "batch_size": "8",
@@ -176,7 +182,21 @@ class LocalRun:
         for parameter in spec.PARAMETERS:
             if parameter.hyperparameter:
                 hyperparameters[parameter.hyperparameter] = str(self.parameters[parameter.name])
+        if hyperparameters.get("weights") == REGISTRY_LATEST:
+            hyperparameters["weights"] = str(self.latest_approved_archive().absolute())
         return hyperparameters
+
+    def latest_approved_archive(self) -> Path:
+        registry = LocalModelRegistry(self.root / "registry")
+        for version in reversed(registry.versions(MODEL_PACKAGE_GROUP)):
+            package = registry.get(MODEL_PACKAGE_GROUP, version)
+            if package.approval_status == "Approved":
+                self.log(f"  warm start from {package.arn} ({package.model_archive})")
+                return package.model_archive
+        raise PipelineFailed(
+            f"PretrainedWeights={REGISTRY_LATEST}: no Approved model package in {self.root / 'registry'}; "
+            "run the pipeline once, or approve a package"
+        )
 
     def train(self, channels: dict[str, Path]) -> Path:
         base = self.step_dir(spec.STEP_TRAIN)
@@ -190,7 +210,11 @@ class LocalRun:
             self.log(f"  resuming from {checkpoints[-1].name} (like a Spot restart)")
 
         progress = TrainingProgress(sys.stderr if self.progress == "bar" else sys.stdout, mode=self.progress)
-        code = self._run_logged(["train"], base, self.step_log(spec.STEP_TRAIN), progress.line)
+        # One job name per execution, as SageMaker gives each training job: reset_checkpoints acts once
+        # per execution, and --resume continues instead of discarding again.
+        code = self._run_logged(
+            ["train"], base, self.step_log(spec.STEP_TRAIN), progress.line, {"TRAINING_JOB_NAME": f"local-{self.execution_id}"}
+        )
         progress.close()
         if code != 0:
             raise self.failed(spec.STEP_TRAIN, exit_reason(code, job.failure_file))
@@ -282,10 +306,10 @@ class LocalRun:
             time.sleep(0.25)
         raise self.failed(spec.STEP_DEPLOY, f"/ping did not answer 200 within {timeout:.0f} s")
 
-    def _run_logged(self, args: list[str], base: Path, log_path: Path, on_line=None) -> int:
+    def _run_logged(self, args: list[str], base: Path, log_path: Path, on_line=None, extra_env: dict[str, str] | None = None) -> int:
         with open(log_path, "a", buffering=1) as log:
             process = subprocess.Popen(
-                self.backend.command(base, args), env=self.backend.environment(base), stdout=subprocess.PIPE,
+                self.backend.command(base, args), env=self.backend.environment(base, extra_env), stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, text=True,
             )
             try:
