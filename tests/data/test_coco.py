@@ -96,3 +96,15 @@ def test_channel_json_discovery(tmp_path):
     with pytest.raises(InputDataError, match="several json files .*name one with the hyperparameter 'training_annotations'"):
         find_annotation_file(tmp_path, "training")
     assert find_annotation_file(tmp_path, "training", "b.json") == tmp_path / "b.json"
+
+
+def test_a_sample_is_fixed_by_its_seed_and_keeps_its_images_annotations(tmp_path):
+    from detector.data.synthetic import generate
+
+    dataset = load_coco(generate(tmp_path / "channel", 20, 64, seed=3))
+    sample = dataset.sample(5, seed=1)
+    assert len(sample.images) == 5 and sample.images == dataset.sample(5, seed=1).images
+    assert sample.images != dataset.sample(5, seed=2).images
+    ids = {image["id"] for image in sample.images}
+    assert sample.annotations == [a for a in dataset.annotations if a["image_id"] in ids]
+    assert dataset.sample(0, seed=1) is dataset and dataset.sample(50, seed=1) is dataset

@@ -186,9 +186,12 @@ def test_sigterm_during_the_final_evaluation_exits_and_restart_only_evaluates(tm
 
 def test_sigterm_during_a_periodic_evaluation_stops_within_seconds(tmp_path):
     # Many test images make the evaluation long enough to be caught in the middle.
-    base = write_training_job(tmp_path, tiny_hyperparameters(max_iter=40, eval_period=2, checkpoint_period=1000), test_images=400)
+    base = write_training_job(
+        tmp_path, tiny_hyperparameters(max_iter=40, eval_period=2, checkpoint_period=1000, training_eval_images=10), test_images=400
+    )
     job = TrainingProcess(base)
     job.wait_for(r"Evaluating after iteration 2\b", timeout=300)
+    assert "training_ap is measured on a fixed sample of 10 of the 24 training images" in job.output
     sent = time.monotonic()
     job.process.send_signal(signal.SIGTERM)
     assert job.finish(timeout=120) == 143, job.output[-3000:]

@@ -116,11 +116,10 @@ class Trainer:
         self.train_eval_dataset = self.channels.training.sample(params.training_eval_images, params.seed)
         self.train_eval_records = self.train_records
         if self.train_eval_dataset is not self.channels.training:
-            ids = {image["id"] for image in self.train_eval_dataset.images}
-            self.train_eval_records = [r for r in self.train_records if r["image_id"] in ids]
+            self.train_eval_records = to_detectron2_dicts(self.train_eval_dataset, self.labels)
             logger.info(
                 "training_ap is measured on a fixed sample of %d of the %d training images (hyperparameter training_eval_images)",
-                len(ids), len(self.train_records),
+                len(self.train_eval_records), len(self.train_records),
             )
         self.test_records = None
         if self.channels.testing is not None:
@@ -210,11 +209,9 @@ class Trainer:
             logger.info("Training from scratch: no starting weights")
             return
         if self.rank.local_rank == 0:
-            path = local_weights(source, self.env.weights_cache)
+            local_weights(source, self.env.weights_cache)  # the download, once per host
         barrier(self.rank)
-        if self.rank.local_rank != 0:
-            path = local_weights(source, self.env.weights_cache)  # in the cache now
-        load_weights(model, path, source, self.labels)
+        load_weights(model, local_weights(source, self.env.weights_cache), source, self.labels)
 
     def train(self, state: TrainingState, start_iter: int) -> bool:
         """detectron2's training loop from ``start_iter``; False when a stop request ended it (checkpoint saved)."""
