@@ -28,6 +28,7 @@ from ..data.coco import find_annotation_file, load_coco
 from ..environment import TrainingLayout, prepare_processing_job, prepare_serving, write_training_job
 from ..errors import DetectorError
 from ..serving.model_server import free_port, ping
+from ..training.checkpoint import CheckpointStore
 from ..data.synthetic import generate_channels
 from .executions import execution_dir, save_parameters
 from .progress import TrainingProgress
@@ -205,9 +206,9 @@ class LocalRun:
         job = TrainingLayout(base)
         shutil.rmtree(job.model_dir, ignore_errors=True)
         job.failure_file.unlink(missing_ok=True)
-        checkpoints = sorted(job.checkpoint_dir.glob("checkpoint_*.pth")) if job.checkpoint_dir.exists() else []
+        checkpoints = CheckpointStore(job.checkpoint_dir).files()
         if checkpoints:
-            self.log(f"  resuming from {checkpoints[-1].name} (like a Spot restart)")
+            self.log(f"  resuming from {checkpoints[-1][1].name} (like a Spot restart)")
 
         progress = TrainingProgress(sys.stderr if self.progress == "bar" else sys.stdout, mode=self.progress)
         # One job name per execution, as SageMaker gives each training job: reset_checkpoints acts once

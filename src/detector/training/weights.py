@@ -91,7 +91,7 @@ def resolve_source(weights: str | None, config_weights: str, channels: dict[str,
         return text
     path = Path(text)
     if path.exists():
-        return str(pretrained_file(path) if path.is_dir() else path.absolute())
+        return str(pretrained_file(path))
     if text.endswith(".yaml"):
         from detectron2 import model_zoo
 
@@ -233,13 +233,9 @@ def local_weights(source: str, cache_dir: Path) -> Path:
             if not tarfile.is_tarfile(path):
                 raise WeightsError(f"{path}: not a readable model.tar.gz")
             extract_model_archive(path, into)
-        path = pretrained_file(into)
-    if path.is_dir():
-        if not (path / WEIGHTS_FILE).is_file():
-            path = pretrained_file(path)
-        else:
-            return path
-    return path
+        path = into
+    # A folder: the model directory itself, or the one weights file or archive in it.
+    return pretrained_file(path) if path.is_dir() else path
 
 
 # -- reading safely -----------------------------------------------------------------------------
