@@ -1,8 +1,10 @@
 """Throughput of the evaluation step, side by side in one run.
 
-Compares, on the same model and images:
-  eval-loop   what `detector evaluate` (and training's testing_ap) runs: detectron2 test loader, one image per call
-  batched-8   Predictor.predict on decoded images, 8 per call (the serving path)
+Compares, on the same model and images, the loop that training's testing_ap and `detector evaluate`
+run (detectron2 test loader, predict_dataset):
+  1-image fp32      one image per model call in fp32 (the loop before batched evaluation)
+  batched-8 fp32    EVAL_BATCH_SIZE images per call, in order of size
+  batched-8 auto    the same at DETECTOR_PRECISION=auto (bf16 + channels-last on CPUs with AMX)
 and the time pycocotools needs for the metrics. The model is the packaged small config with
 random weights and no score threshold (every image yields its full detection count), so no
 training is needed; timings depend on the architecture and image size, not on the weights.
@@ -43,12 +45,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    import numpy as np
     import torch
-    from PIL import Image
 
     from detector.data.coco import load_coco
-    from detector.data.loaders import build_test_loader, to_detectron2_dicts
+    from detector.data.loaders import EVAL_BATCH_SIZE, build_test_loader, to_detectron2_dicts
     from detector.evaluation.metrics import coco_box_metrics, predict_dataset
     from detector.model_dir import LabelMap
     from detector.predictor import Predictor
@@ -59,36 +59,37 @@ def main() -> None:
         dataset = load_coco(generate(scratch / "test", args.images, args.size, seed=1))
         labels = LabelMap.from_categories(dataset.categories)
         build_model_dir(scratch / "model", labels)
-        predictor = Predictor.from_model_dir(scratch / "model", "cpu")
+        fp32 = Predictor.from_model_dir(scratch / "model", "cpu", "fp32")
+        auto = Predictor.from_model_dir(scratch / "model", "cpu", "auto")
         records = to_detectron2_dicts(dataset, labels)
-        images = [np.asarray(Image.open(dataset.image_path(i)).convert("RGB")) for i in dataset.images]
 
-        def eval_loop():
-            return predict_dataset(predictor.model, build_test_loader(predictor.cfg, records), labels)
+        def loop(predictor, batch_size):
+            loader = build_test_loader(predictor.cfg, records, batch_size)
+            return lambda: predict_dataset(predictor.model, loader, labels, precision=predictor.precision)
 
-        def batched():
-            for start in range(0, len(images), 8):
-                predictor.predict(images[start:start + 8])
-
-        eval_loop(), batched()  # warm-up: first calls build kernels per input shape
-        times = {"eval-loop": [], "batched-8": [], "pycocotools": []}
-        for _ in range(args.rounds):
-            for name, fn in (("eval-loop", eval_loop), ("batched-8", batched)):
+        modes = {
+            "1-image fp32": loop(fp32, 1),
+            f"batched-{EVAL_BATCH_SIZE} fp32": loop(fp32, EVAL_BATCH_SIZE),
+            f"batched-{EVAL_BATCH_SIZE} {auto.precision.name}": loop(auto, EVAL_BATCH_SIZE),
+        }
+        for fn in modes.values():
+            fn()  # warm-up: first calls build kernels per input shape
+        times = {name: [] for name in [*modes, "pycocotools"]}
+        for round_number in range(args.rounds):
+            for name in modes if round_number % 2 == 0 else reversed(list(modes)):
                 started = time.perf_counter()
-                result = fn()
+                detections = modes[name]()
                 times[name].append(time.perf_counter() - started)
-                if name == "eval-loop":
-                    detections = result
             started = time.perf_counter()
             coco_box_metrics(dataset, detections, labels)
             times["pycocotools"].append(time.perf_counter() - started)
 
     print(f"{args.images} images {args.size}x{args.size}, {args.rounds} rounds, torch threads {torch.get_num_threads()}, "
           f"{len(detections)} detections per pass")
-    base = statistics.median(times["eval-loop"])
+    base = statistics.median(times["1-image fp32"])
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"{name:<12} median {median:7.2f} s  {args.images / median:7.1f} images/s  {median / base:5.2f}x eval-loop time")
+        print(f"{name:<16} median {median:7.2f} s  {args.images / median:7.1f} images/s  {base / median:5.2f}x the 1-image fp32 loop's speed")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ and prints p50/p99 latency, requests/s, images/s, the serving overhead (serve c=
 the front's share of it (serve c=1 p50 - direct p50).
 ``detector predict`` is also run once as a command to show its start-up cost.
 
+Model time by precision (each in a fresh process, alternating, so that one's floating-point mode and
+threads do not leak into the other): detectron2's own ``DefaultPredictor`` in fp32 as shipped, against
+``Predictor`` at ``DETECTOR_PRECISION=fp32`` and ``auto`` (bf16 + channels-last on CPUs with AMX); p50
+of one-image calls and the largest box difference from DefaultPredictor's detections.
+
 Usage: python benchmarks/serve_latency.py [--model-dir DIR | --config CONFIG] [--image-size PX] [--rounds R]
 Without --model-dir, a model with random weights is built from --config (inference cost does not
 depend on training); default: the packaged ResNet-18 FPN at 128 px.
@@ -42,6 +47,63 @@ sys.path.insert(0, str(REPO / "src"))
 import numpy as np  # noqa: E402
 
 CATEGORIES = [(3, "circle"), (7, "square"), (12, "triangle")]
+
+# One process per measurement: python -c MODEL_TIME KIND MODEL_DIR IMAGES_DIR CALLS
+MODEL_TIME = r"""
+import json, statistics, sys, time
+from pathlib import Path
+import numpy as np
+from PIL import Image
+kind, model_dir, images_dir, calls = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(images_dir.iterdir())]
+if kind == "DefaultPredictor":
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.engine import DefaultPredictor
+    from detector.model_dir import config_from_yaml
+    cfg = config_from_yaml((model_dir / "config.yaml").read_text(), "cpu")
+    cfg.defrost(); cfg.MODEL.WEIGHTS = ""; cfg.freeze()
+    predictor = DefaultPredictor(cfg)
+    predictor.model.load_state_dict(torch.load(model_dir / "model_final.pth", weights_only=True))
+    run = lambda image: predictor(image[:, :, ::-1])["instances"]
+else:
+    from detector.predictor import Predictor
+    predictor = Predictor.from_model_dir(model_dir, "cpu", kind)
+    run = lambda image: predictor.predict_instances([image])[0]
+for image in images[:3]:
+    run(image)
+times = []
+for i in range(calls):
+    start = time.perf_counter(); run(images[i % len(images)]); times.append(time.perf_counter() - start)
+first = run(images[0])
+print(json.dumps({"p50_ms": statistics.median(times) * 1000, "boxes": first.pred_boxes.tensor.float().tolist(),
+                  "scores": first.scores.float().tolist(), "classes": first.pred_classes.tolist()}))
+"""
+
+
+def model_time(kind: str, model_dir: Path, images_dir: Path, calls: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    result = subprocess.run([sys.executable, "-c", MODEL_TIME, kind, str(model_dir), str(images_dir), str(calls)],
+                            env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"model time {kind} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def largest_box_difference(reference: dict, other: dict) -> tuple[float, int]:
+    """The largest |coordinate difference| between each reference box and the nearest box of the same
+    class in ``other`` (pixels), and how many reference boxes with score >= 0.5 have no match at all."""
+    worst, unmatched = 0.0, 0
+    others = [(c, b) for c, b in zip(other["classes"], other["boxes"])]
+    for c, box, score in zip(reference["classes"], reference["boxes"], reference["scores"]):
+        candidates = [max(abs(x - y) for x, y in zip(box, b)) for k, b in others if k == c]
+        if not candidates:
+            unmatched += score >= 0.5
+            continue
+        best = min(candidates)
+        if score >= 0.5:
+            worst = max(worst, best)
+    return worst, unmatched
 
 
 def build_random_model(config: str, model_dir: Path) -> None:
@@ -173,6 +235,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1, help="server workers (SAGEMAKER_MODEL_SERVER_WORKERS)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--model-calls", type=int, default=60, help="one-image calls per process in the precision comparison")
+    parser.add_argument("--model-rounds", type=int, default=2, help="alternating rounds of the precision comparison")
     args = parser.parse_args()
 
     from dataclasses import replace
@@ -243,6 +307,16 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "detector", "predict", *map(str, files)], env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         command_s = time.perf_counter() - command_start
+
+        if server is not None:  # the comparison below wants the CPUs to itself
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+            server = None
+        precision_runs: dict[str, list[dict]] = {"DefaultPredictor": [], "fp32": [], "auto": []}
+        for round_number in range(args.model_rounds):
+            kinds = list(precision_runs) if round_number % 2 == 0 else list(reversed(precision_runs))
+            for kind in kinds:
+                precision_runs[kind].append(model_time(kind, base / "model", work / "images", args.model_calls))
     finally:
         if server is not None:
             server.send_signal(signal.SIGTERM)
@@ -275,6 +349,19 @@ def main() -> int:
     print(f"serving overhead (serve c=1 p50 - raw p50): {summary['serving_overhead_p50_ms']:.1f} ms, "
           f"of which the front (serve c=1 p50 - direct p50): {summary['front_p50_ms']:.1f} ms")
     print(f"batched JSON vs one-image JSON, images/s: {summary['batch_vs_single_json_images_per_s']:.2f}x")
+    import statistics
+
+    reference = precision_runs["DefaultPredictor"][0]
+    d2_p50 = statistics.median(r["p50_ms"] for r in precision_runs["DefaultPredictor"])
+    print(f"\nmodel time, one image per call, p50 (median over {args.model_rounds} processes of {args.model_calls} calls):")
+    for kind, runs in precision_runs.items():
+        p50 = statistics.median(r["p50_ms"] for r in runs)
+        worst, unmatched = largest_box_difference(reference, runs[0])
+        label = "detectron2 DefaultPredictor, fp32" if kind == "DefaultPredictor" else f"Predictor, DETECTOR_PRECISION={kind}"
+        print(f"  {label:40} {p50:7.1f} ms  {p50 / d2_p50:5.2f}x DefaultPredictor's time; "
+              f"boxes (score >= 0.5) differ by at most {worst:.2f} px, {unmatched} unmatched")
+        summary[f"model_p50_ms_{kind}"] = round(p50, 2)
+    summary["model_time_ratio_auto_vs_default_predictor"] = round(summary["model_p50_ms_auto"] / d2_p50, 3)
     print(f"detector serve start-up to ready: {summary['serve_startup_to_ready_s']:.1f} s; "
           f"`detector predict` on {len(files)} images as a command: {command_s:.1f} s (includes start-up)")
     if args.json:

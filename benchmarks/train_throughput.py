@@ -1,13 +1,21 @@
 #!/usr/bin/env python3
 """Training throughput of `detector train` against detectron2's own DefaultTrainer, side by side.
 
-Both train the same config on the same synthetic data for the same number of iterations, each in a
-fresh process, alternating over several rounds. Throughput is read from the line detectron2's
-IterationTimer prints for both ("Overall training speed: N iterations in T (S s / it)"), which
-leaves out the first iterations (start-up, kernel selection). Prints images/s and the ratio.
+All train the same config (learning-rate schedule included) on the same synthetic data with the
+same loader workers for the same number of iterations, each in a fresh process, alternating over
+several rounds:
+
+  DefaultTrainer       detectron2's own trainer in fp32, as shipped
+  DefaultTrainer+FTZ   the same with torch.set_flush_denormal(True) first
+  detector train       precision=auto (bf16 + channels-last on CPUs with AMX / AVX-512 BF16, fp16 on GPUs)
+
+Throughput is read from the line detectron2's IterationTimer prints for all of them ("Overall
+training speed: N iterations in T (S s / it)"), which leaves out the first iterations (start-up,
+kernel selection). Prints images/s, both ratios, and a torch.profiler summary of one iteration of
+`detector train`'s step (after warm-up) with where its time went.
 
 CPU (default): the small R18-FPN 128 px model, batch 8.
-GPU (--gpu):   R50-FPN at the zoo's 800 px, batch 16; `detector train` with AMP, DefaultTrainer fp32.
+GPU (--gpu):   R50-FPN at 1066 px, batch 16.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ SPEED = re.compile(r"Overall training speed: (\d+) iterations in [0-9:]+ \(([0-9
 DEFAULT_TRAINER = r"""
 import json, sys
 from pathlib import Path
+import torch
+if sys.argv[2] == "ftz":
+    torch.set_flush_denormal(True)
 from detectron2.engine import DefaultTrainer
 from detector.data import loaders as data_module
 from detector.training.config import TRAIN_DATASET, build_training_config
@@ -56,6 +67,42 @@ trainer.resume_or_load(resume=False)
 trainer.train()
 """
 
+# One profiled iteration of detector train's own step, after warm-up, in a fresh process.
+PROFILE = r"""
+import sys, time
+import torch
+from detectron2.utils.events import EventStorage
+from detector.environment import TrainingEnvironment
+from detector.training.hyperparameters import Hyperparameters
+from detector.training.loop import PrecisionTrainer
+from detector.training.state import TrainingState
+from detector.training.stop import StopRequest
+from detector.training.trainer import Rank, Trainer, train_process  # noqa: F401 (train_process: same start-up)
+from detector.precision import flush_denormals
+
+env = TrainingEnvironment.from_env()
+flush_denormals("cuda" if env.num_gpus else "cpu")
+trainer = Trainer(env, Hyperparameters.from_strings(env.hyperparameters), Rank(), StopRequest())
+model = trainer.build_model()
+optimizer = trainer.build_optimizer(model)
+state = TrainingState(model, optimizer, trainer.build_scheduler(optimizer), trainer.fingerprint, grad_scaler=trainer.build_grad_scaler())
+trainer.load_starting_weights(model)
+loop = PrecisionTrainer(model, trainer.build_train_loader(0), optimizer, trainer.precision, state.grad_scaler)
+with EventStorage(0) as storage:
+    for i in range(int(sys.argv[1])):
+        storage.iter = i
+        loop.run_step()
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if env.num_gpus else [])
+    with torch.profiler.profile(activities=activities) as profile:
+        start = time.perf_counter()
+        loop.run_step()
+        step = time.perf_counter() - start
+print(f"precision: {trainer.precision.describe()}")
+print(f"one step: {step * 1000:.0f} ms, of which waiting for data: {storage.latest()['data_time'][0] * 1000:.0f} ms")
+sort = "self_cuda_time_total" if env.num_gpus else "self_cpu_time_total"
+print(profile.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=48))
+"""
+
 
 def prepare(root: Path, hyperparameters: dict, images: int, size: int) -> None:
     from detector.data.synthetic import generate_channels
@@ -72,7 +119,7 @@ def run(kind: str, root: Path) -> float:
     if kind == "detector":
         cmd = [sys.executable, "-m", "detector", "train"]
     else:
-        cmd = [sys.executable, "-c", DEFAULT_TRAINER, str(root / "d2_output")]
+        cmd = [sys.executable, "-c", DEFAULT_TRAINER, str(root / "d2_output"), "ftz" if kind.endswith("FTZ") else "as-shipped"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     match = SPEED.search(result.stdout + result.stderr)
     if result.returncode != 0 or not match:
@@ -86,32 +133,44 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=None, help="data loader workers (default: 2 CPU, 8 GPU)")
+    parser.add_argument("--precision", default="auto", help="detector train's precision hyperparameter (default auto)")
+
+    parser.add_argument("--no-profile", action="store_true", help="skip the profiled iteration")
     args = parser.parse_args()
 
     if args.gpu:
         iters, batch, size, images = args.iters or 100, 16, 1066, 128
-        hyperparameters = {"model": "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml", "batch_size": "16", "amp": "true"}
+        hyperparameters = {"model": "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml", "batch_size": "16", "weights": "none",
+                           "opts": "INPUT.MIN_SIZE_TRAIN (800,) INPUT.MAX_SIZE_TRAIN 1066"}
         workers = args.workers or 8
     else:
         iters, batch, size, images = args.iters or 40, 8, 256, 96
-        hyperparameters = {"model": "detector/faster_rcnn_R_18_FPN_128px.yaml", "batch_size": "8", "amp": "false"}
+        hyperparameters = {"model": "detector/faster_rcnn_R_18_FPN_128px.yaml", "batch_size": "8"}
         workers = args.workers or 2
+    hyperparameters["precision"] = args.precision
     hyperparameters.update(
         {"max_iter": str(iters), "checkpoint_period": str(iters), "num_workers": str(workers), "checkpoint_minutes": "0"}
     )
-    results: dict[str, list[float]] = {"detector": [], "DefaultTrainer": []}
+    results: dict[str, list[float]] = {"DefaultTrainer": [], "DefaultTrainer+FTZ": [], "detector": []}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         prepare(root, hyperparameters, images, size)
         for round_number in range(args.rounds):
-            for kind in ("DefaultTrainer", "detector") if round_number % 2 == 0 else ("detector", "DefaultTrainer"):
+            kinds = list(results) if round_number % 2 == 0 else list(reversed(results))
+            for kind in kinds:
                 seconds_per_iter = run(kind, root)
                 results[kind].append(batch / seconds_per_iter)
-                print(f"round {round_number + 1} {kind:>14}: {batch / seconds_per_iter:7.2f} images/s", flush=True)
-    ours, theirs = statistics.median(results["detector"]), statistics.median(results["DefaultTrainer"])
-    print(f"detector train : {ours:.2f} images/s (median of {args.rounds})")
-    print(f"DefaultTrainer : {theirs:.2f} images/s (median of {args.rounds})")
-    print(f"ratio          : {ours / theirs:.3f}")
+                print(f"round {round_number + 1} {kind:>18}: {batch / seconds_per_iter:7.2f} images/s", flush=True)
+        if not args.no_profile:
+            env = {**os.environ, "SAGEMAKER_BASE_DIR": str(root), "PYTHONPATH": str(REPO / "src")}
+            profiled = subprocess.run([sys.executable, "-c", PROFILE, "6"], env=env, capture_output=True, text=True)
+            print("\nprofile of one `detector train` step:\n" + (profiled.stdout if profiled.returncode == 0 else profiled.stderr[-3000:]))
+    median = {kind: statistics.median(values) for kind, values in results.items()}
+    print(f"{os.cpu_count()} CPUs; {iters} iterations, batch {batch}, {workers} loader workers, median of {args.rounds} rounds")
+    for kind, value in median.items():
+        print(f"{'detector train (' + args.precision + ')' if kind == 'detector' else kind:>22}: {value:7.2f} images/s")
+    print(f"ratio vs DefaultTrainer fp32      : {median['detector'] / median['DefaultTrainer']:.3f}")
+    print(f"ratio vs DefaultTrainer fp32 + FTZ: {median['detector'] / median['DefaultTrainer+FTZ']:.3f}")
     return 0
 
 

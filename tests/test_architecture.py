@@ -1,7 +1,7 @@
 """The package's architecture, read from its sources with ``ast`` (nothing is imported).
 
 * Imports point one way: commands -> local -> training / serving -> evaluation -> data -> the shared
-  contract (environment, errors, failure, model_dir, predictor, pipeline_spec). The serving image never
+  contract (environment, errors, failure, model_dir, precision, predictor, pipeline_spec). The serving image never
   needs the training code.
 * Only ``detector.environment`` reads the process environment or spells ``/opt/ml`` paths.
 
@@ -19,7 +19,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "detector"
 
-CONTRACT_MODULES = ("environment", "errors", "failure", "model_dir", "predictor", "pipeline_spec")
+CONTRACT_MODULES = ("environment", "errors", "failure", "model_dir", "precision", "predictor", "pipeline_spec")
 LAYER_PACKAGES = ("data", "evaluation", "training", "serving", "local", "commands")
 ENTRY_MODULES = ("cli", "__main__")  # cli loads the commands with importlib by name, runs them in failure.run_command
 

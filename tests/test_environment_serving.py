@@ -61,3 +61,13 @@ def test_serving_and_processing_need_no_training_toolkit(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(tmp_path / "model"), str(tmp_path / "processing" / "test")]
+
+
+def test_precision_defaults_to_auto_and_is_checked():
+    from detector.environment import ProcessingEnvironment
+
+    assert ServingEnvironment.from_env({}).precision == "auto"
+    assert ServingEnvironment.from_env({"DETECTOR_PRECISION": "FP32"}).precision == "fp32"
+    assert ProcessingEnvironment.from_env({"DETECTOR_PRECISION": "bf16"}).precision == "bf16"
+    with pytest.raises(DetectorError, match=r"DETECTOR_PRECISION='half': expected one of auto, fp32, bf16, fp16"):
+        ServingEnvironment.from_env({"DETECTOR_PRECISION": "half"})

@@ -443,6 +443,7 @@ class ProcessingEnvironment:
     """Default locations of a SageMaker processing job (the evaluation step)."""
 
     base_dir: Path
+    precision: str = "auto"  # DETECTOR_PRECISION (see detector.precision)
 
     @property
     def processing_dir(self) -> Path:
@@ -471,7 +472,8 @@ class ProcessingEnvironment:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ProcessingEnvironment":
-        return cls(base_dir=base_dir(environ))
+        environ = os.environ if environ is None else environ
+        return cls(base_dir=base_dir(environ), precision=precision_env(environ))
 
 
 def prepare_processing_job(base: Path, model_archive: Path, test_channel: Path) -> ProcessingEnvironment:
@@ -482,6 +484,16 @@ def prepare_processing_job(base: Path, model_archive: Path, test_channel: Path) 
     shutil.copyfile(model_archive, env.model_archive)
     shutil.copytree(test_channel, env.test_input, dirs_exist_ok=True)
     return env
+
+
+def precision_env(environ: Mapping[str, str]) -> str:
+    """DETECTOR_PRECISION: auto (default), fp32, bf16 or fp16, for serving and evaluation."""
+    from .precision import SETTINGS
+
+    value = (environ.get("DETECTOR_PRECISION") or "auto").strip().lower()
+    if value not in SETTINGS:
+        raise DetectorError(f"environment variable DETECTOR_PRECISION={environ['DETECTOR_PRECISION']!r}: expected one of {', '.join(SETTINGS)}")
+    return value
 
 
 # -- Hosting -------------------------------------------------------------------------------------------
@@ -516,6 +528,7 @@ class ServingEnvironment:
     default_accept: str = "application/json"
     # Set by `detector serve` for its workers: where they report that the model loaded (or why not).
     runtime_dir: Path | None = None
+    precision: str = "auto"  # DETECTOR_PRECISION (see detector.precision)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -554,6 +567,7 @@ class ServingEnvironment:
             reload_timeout_s=number("DETECTOR_WORKER_RELOAD_TIMEOUT", 180, 1),
             default_accept=environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or "application/json",
             runtime_dir=Path(environ["DETECTOR_SERVE_RUNTIME_DIR"]) if environ.get("DETECTOR_SERVE_RUNTIME_DIR") else None,
+            precision=precision_env(environ),
         )
 
 

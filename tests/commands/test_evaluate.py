@@ -16,6 +16,7 @@ from detector.cli import main
 from detector.environment import prepare_processing_job
 from detector.pipeline_spec import EVALUATION_FILE, EVALUATION_PLOT, TESTING_AP_PATH
 from detector.data.synthetic import generate
+from detector.precision import resolve
 
 
 def json_get(document: dict, path: str):
@@ -56,6 +57,9 @@ def test_evaluates_the_model_archive_like_training_did(tiny_model, tmp_path):
     assert [c["category_id"] for c in document["per_class_ap"]] == [3, 7, 12]
     assert document["num_images"] == training_metrics["num_images"]
     assert document["num_detections"] == training_metrics["num_detections"] > 0
+    # Both ran at the machine's auto precision, and say which.
+    precision = json.loads((tiny_model / "model" / "metrics.json").read_text())["precision"]
+    assert document["precision"] == {**precision, "setting": "auto"} and precision["precision"] == resolve("auto", "cpu").name
     with Image.open(output / EVALUATION_PLOT) as plot:
         assert plot.format == "PNG" and plot.width >= 800
     assert not (base / "output" / "message").exists()

@@ -4,6 +4,8 @@ import re
 
 import pytest
 
+from detector.errors import DetectorError
+
 from detector.errors import HyperparameterError
 from detector.training.config import (
     TEST_DATASET,
@@ -162,9 +164,30 @@ def test_device_follows_use_gpu(tmp_path, use_gpu, device):
     assert build(params(max_iter=10), tmp_path, use_gpu=use_gpu).MODEL.DEVICE == device
 
 
-@pytest.mark.parametrize("amp, use_gpu, enabled", [("true", True, True), ("true", False, False), ("false", True, False), ("false", False, False)])
-def test_amp_only_with_a_gpu(tmp_path, amp, use_gpu, enabled):
-    assert build(params(max_iter=10, amp=amp), tmp_path, use_gpu=use_gpu).SOLVER.AMP.ENABLED is enabled
+@pytest.mark.parametrize(
+    "precision, use_gpu, native_bf16, enabled",
+    [
+        ("auto", True, False, True),  # fp16 on the GPU
+        ("auto", False, True, True),  # bf16 on a CPU with AMX
+        ("auto", False, False, False),  # fp32 elsewhere
+        ("fp32", True, True, False),
+        ("bf16", False, True, True),
+    ],
+)
+def test_amp_flag_follows_the_precision(tmp_path, monkeypatch, precision, use_gpu, native_bf16, enabled):
+    monkeypatch.setattr("detector.precision.cpu_has_native_bf16", lambda: native_bf16)
+    cfg = build(params(max_iter=10, precision=precision), tmp_path, use_gpu=use_gpu)
+    assert cfg.SOLVER.AMP.ENABLED is enabled
+
+
+@pytest.mark.parametrize("amp, expected", [("true", "auto"), ("false", "fp32")])
+def test_amp_is_the_old_name_of_precision(amp, expected):
+    assert Hyperparameters.from_strings({"amp": amp}).precision == expected
+
+
+def test_fp16_on_a_cpu_is_refused_with_the_hyperparameter_named(tmp_path):
+    with pytest.raises(DetectorError, match=r"hyperparameter 'precision'='fp16' needs a CUDA GPU; on CPUs use 'bf16'"):
+        build(params(max_iter=10, precision="fp16"), tmp_path, use_gpu=False)
 
 
 def test_hyperparameters_reach_the_config_and_it_is_frozen(tmp_path):

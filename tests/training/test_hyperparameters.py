@@ -7,7 +7,7 @@ from detector.training.hyperparameters import DEFAULT_MODEL, Hyperparameters
 def test_defaults():
     params = Hyperparameters.from_strings({})
     assert params.model == DEFAULT_MODEL
-    assert params.max_iter is None and params.amp is True and params.opts == ()
+    assert params.max_iter is None and params.precision == "auto" and params.amp is None and params.opts == ()
 
 
 def test_string_values_are_typed():
@@ -24,7 +24,7 @@ def test_string_values_are_typed():
         }
     )
     assert params.max_iter == 100 and params.num_epochs == 2.5 and params.learning_rate == 0.01
-    assert params.batch_size == 8 and params.amp is False and params.reset_checkpoints is True
+    assert params.batch_size == 8 and params.precision == "fp32" and params.reset_checkpoints is True
     assert params.opts == ("MODEL.RPN.NMS_THRESH", "0.6", "INPUT.MIN_SIZE_TEST", "800")
     assert params.checkpoint_minutes == 0.5
 
@@ -43,6 +43,8 @@ def test_sagemaker_names_are_ignored():
         ({"learning_rate": "fast"}, "'learning_rate'='fast': expected a number"),
         ({"learning_rate": "nan"}, "expected a number"),
         ({"amp": "maybe"}, "'amp'='maybe': expected true or false"),
+        ({"precision": "half"}, "'precision'='half': expected one of auto, fp32, bf16, fp16"),
+        ({"precision": "bf16", "amp": "true"}, "'amp' and 'precision' are both set; 'amp' is the old name of 'precision'"),
         ({"batch_size": "0"}, "'batch_size' must be greater than 0"),
         ({"opts": "MODEL.RPN.NMS_THRESH"}, "KEY VALUE pairs"),
         ({"opts": "lr 0.1"}, "not a detectron2 config key"),

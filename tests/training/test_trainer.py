@@ -198,3 +198,22 @@ def test_sigterm_during_a_periodic_evaluation_stops_within_seconds(tmp_path):
     assert time.monotonic() - sent < 20, "the evaluation must not run to its end"
     assert "Evaluation after iteration 2 stopped by a stop request" in job.output
     assert checkpoints(base) == ["checkpoint_00000002.pth"]
+
+
+def test_a_checkpoint_written_in_fp32_resumes_in_bf16(tmp_path):
+    """Checkpoints hold fp32 master weights: a job may resume under another precision."""
+    hyperparameters = tiny_hyperparameters(max_iter=8, checkpoint_period=4, log_period=1)
+    base = write_training_job(tmp_path, {**hyperparameters, "precision": "fp32"})
+    job = TrainingProcess(base)
+    job.wait_for(r"iter: [5-7]\b")
+    job.process.kill()
+    job.finish()
+    assert "Precision: fp32 on cpu" in job.output
+    assert checkpoints(base) == ["checkpoint_00000004.pth"]
+
+    write_hyperparameters(base, {**hyperparameters, "precision": "bf16"})
+    resumed = run_training(base)
+    assert resumed.process.returncode == 0, resumed.output[-3000:]
+    assert "Precision: bf16 on cpu" in resumed.output and "at iteration 4 of 8" in resumed.output
+    metrics = json.loads((base / "model" / "metrics.json").read_text())
+    assert metrics["precision"] == {"precision": "bf16", "setting": "bf16", "device": "cpu", "channels_last": True}

@@ -18,6 +18,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--output", type=Path, default=None, help="where evaluation.json and evaluation.png go (default: processing/evaluation)")
     parser.add_argument("--annotations", default=None, help="annotation json in the test channel, when it holds several")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+                        help="arithmetic precision (default: DETECTOR_PRECISION, else auto: bf16 on CPUs with AMX, fp16 on GPUs)")
 
 
 def failure_file():
@@ -40,5 +42,6 @@ def run(args) -> int:
         output_dir=args.output or env.evaluation_output,
         annotation_file=args.annotations,
         device=args.device,
+        precision=args.precision or env.precision,
     )
     return 0

@@ -94,8 +94,25 @@ def build_train_loader(cfg, records: list[dict], rank: int, world_size: int, sta
     )
 
 
-def build_test_loader(cfg, records: list[dict]):
-    """Inference over this rank's shard of ``records``, one image at a time, in original coordinates."""
-    from detectron2.data import DatasetMapper, build_detection_test_loader
+# Images per model call in evaluation: training's testing_ap and `detector evaluate` use the same batches.
+EVAL_BATCH_SIZE = 8
 
-    return build_detection_test_loader(records, mapper=DatasetMapper(cfg, is_train=False), num_workers=cfg.DATALOADER.NUM_WORKERS)
+
+def build_test_loader(cfg, records: list[dict], batch_size: int = EVAL_BATCH_SIZE):
+    """Inference over this rank's shard of ``records`` in original coordinates, ``batch_size`` images per
+    model call. The images go in order of size (then id), so each batch pads little: the same records
+    always make the same batches, whichever command evaluates them."""
+    import torch
+    from detectron2.data import DatasetMapper
+    from detectron2.data.common import DatasetFromList, MapDataset
+    from detectron2.data.samplers import InferenceSampler
+
+    ordered = sorted(records, key=lambda r: (r["height"] * r["width"], r["height"], r["width"], r["image_id"]))
+    dataset = MapDataset(DatasetFromList(ordered, copy=False), DatasetMapper(cfg, is_train=False))
+    # InferenceSampler gives each rank a contiguous share, so batches stay sorted by size on every rank.
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=torch.utils.data.BatchSampler(InferenceSampler(len(dataset)), batch_size, drop_last=False),
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        collate_fn=_as_list,
+    )

@@ -37,20 +37,32 @@ def resolve_model_dir(model: Path, scratch: Path) -> Path:
     return model  # read_model_dir names the missing files
 
 
-def evaluate_model(model: Path, test_channel: Path, output_dir: Path, annotation_file: str | None = None, device: str | None = None) -> dict:
+def evaluate_model(
+    model: Path,
+    test_channel: Path,
+    output_dir: Path,
+    annotation_file: str | None = None,
+    device: str | None = None,
+    precision: str = "auto",
+) -> dict:
     """COCO metrics of ``model`` on ``test_channel``; writes ``evaluation.json`` and its plot into ``output_dir``."""
     dataset = load_coco(find_annotation_file(test_channel, "test", annotation_file))
     with tempfile.TemporaryDirectory(prefix="model-") as scratch:
         model_dir = resolve_model_dir(model, Path(scratch))
-        predictor = Predictor.from_model_dir(model_dir, device)
+        predictor = Predictor.from_model_dir(model_dir, device, precision)
         labels = predictor.labels
         require_categories_within(dataset, labels.dataset_ids, "the model's", model_dir / "labels.json")
-        logger.info("Evaluating %s on %d images of %s", model, len(dataset.images), dataset.json_path)
+        logger.info(
+            "Evaluating %s on %d images of %s; precision %s",
+            model, len(dataset.images), dataset.json_path, predictor.precision.describe(),
+        )
         records = to_detectron2_dicts(dataset, labels)
-        detections = predict_dataset(predictor.model, build_test_loader(predictor.cfg, records), labels)
+        detections = predict_dataset(
+            predictor.model, build_test_loader(predictor.cfg, records), labels, precision=predictor.precision
+        )
     metrics = coco_box_metrics(dataset, detections, labels)
     print_metric_lines("testing", metrics)
-    document = write_evaluation_json(output_dir / EVALUATION_FILE, metrics, labels)
+    document = write_evaluation_json(output_dir / EVALUATION_FILE, metrics, labels, predictor.precision.as_json())
     write_evaluation_plot(output_dir / EVALUATION_PLOT, metrics, labels)
     logger.info("Wrote %s and %s", output_dir / EVALUATION_FILE, output_dir / EVALUATION_PLOT)
     return document

@@ -111,8 +111,8 @@ def instances_to_coco_results(image_id: int, instances, labels: LabelMap) -> lis
     """detectron2 Instances (original image coordinates) as COCO results with dataset category ids."""
     if len(instances) == 0:
         return []
-    boxes = instances.pred_boxes.tensor.detach().cpu().numpy()
-    scores = instances.scores.detach().cpu().numpy().tolist()
+    boxes = instances.pred_boxes.tensor.detach().cpu().float().numpy()
+    scores = instances.scores.detach().cpu().float().numpy().tolist()
     classes = instances.pred_classes.detach().cpu().numpy().tolist()
     ids = labels.dataset_ids
     return [
@@ -130,8 +130,9 @@ class EvaluationInterrupted(Exception):
     """A stop request arrived while the model ran over a dataset; the results are incomplete."""
 
 
-def predict_dataset(model, loader, labels: LabelMap, should_stop=None) -> list[dict]:
+def predict_dataset(model, loader, labels: LabelMap, should_stop=None, precision=None) -> list[dict]:
     """Run ``model`` over this process's share of a test loader; gathered on rank 0 (others get []).
+    ``precision`` (a :class:`detector.precision.Precision`) is the autocast the model runs under.
 
     ``should_stop`` is asked before each batch; once it answers True the loop ends, every rank
     still meets in the gather, and :class:`EvaluationInterrupted` is raised."""
@@ -143,7 +144,7 @@ def predict_dataset(model, loader, labels: LabelMap, should_stop=None) -> list[d
     results: list[dict] = []
     interrupted = False
     try:
-        with torch.no_grad():
+        with torch.no_grad(), (precision.autocast() if precision is not None else contextlib.nullcontext()):
             for inputs in loader:
                 if should_stop is not None and should_stop():
                     interrupted = True

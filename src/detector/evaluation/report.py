@@ -35,8 +35,10 @@ def evaluation_document(metrics: CocoMetrics, labels: LabelMap, prefix: str = "t
     }
 
 
-def write_evaluation_json(path: Path, metrics: CocoMetrics, labels: LabelMap) -> dict:
+def write_evaluation_json(path: Path, metrics: CocoMetrics, labels: LabelMap, precision: dict | None = None) -> dict:
     document = evaluation_document(metrics, labels)
+    if precision is not None:
+        document["precision"] = precision
     write_json_atomic(path, document)
     return document
 

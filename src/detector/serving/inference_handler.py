@@ -85,9 +85,12 @@ class InferenceHandler:
 
             # Workers share the host's cores instead of each claiming all of them.
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.settings.workers))
-        predictor = Predictor.from_model_dir(model_dir, device)
+        predictor = Predictor.from_model_dir(model_dir, device, self.settings.precision)
         warm_up(predictor)
-        logger.info("model from %s loaded on %s (%d classes)", model_dir, device, predictor.labels.num_classes)
+        logger.info(
+            "model from %s loaded on %s (%d classes); precision %s",
+            model_dir, device, predictor.labels.num_classes, predictor.precision.describe(),
+        )
         return predictor
 
     def input_fn(self, input_data: bytes, content_type: str, context=None) -> InferenceRequest:

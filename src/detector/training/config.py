@@ -15,6 +15,7 @@ from typing import Mapping
 import yaml
 
 from ..errors import HyperparameterError
+from ..precision import Precision, resolve
 from .hyperparameters import Hyperparameters
 from .weights import resolve_source
 
@@ -70,6 +71,11 @@ def _read_model_config(model: str):
     return cfg
 
 
+def training_precision(params: Hyperparameters, use_gpu: bool) -> Precision:
+    """The precision the ``precision`` hyperparameter means on this machine."""
+    return resolve(params.precision, "cuda" if use_gpu else "cpu", "hyperparameter 'precision'")
+
+
 def build_training_config(
     params: Hyperparameters,
     num_classes: int,
@@ -104,7 +110,8 @@ def build_training_config(
         cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(1, max_iter // 10))
     cfg.SOLVER.MAX_ITER = max_iter
     cfg.SOLVER.CHECKPOINT_PERIOD = params.checkpoint_period
-    cfg.SOLVER.AMP.ENABLED = bool(params.amp and use_gpu)
+    # What detectron2's own tools read; detector train runs the precision itself (training/loop.py).
+    cfg.SOLVER.AMP.ENABLED = training_precision(params, use_gpu).mixed
     cfg.TEST.EVAL_PERIOD = params.eval_period
     cfg.DATALOADER.NUM_WORKERS = params.num_workers
     cfg.SEED = params.seed

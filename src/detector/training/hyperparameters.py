@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from ..errors import HyperparameterError
+from ..precision import SETTINGS
 
 DEFAULT_MODEL = "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml"
 
@@ -35,7 +36,9 @@ class Hyperparameters:
     # training_ap is measured on this many training images, a fixed sample (0: all of them).
     training_eval_images: int = 500
     seed: int = 42
-    amp: bool = True
+    # auto | fp32 | bf16 | fp16 (see detector.precision); `amp` is its old name: true = auto, false = fp32.
+    precision: str = "auto"
+    amp: bool | None = None
     opts: tuple[str, ...] = field(default_factory=tuple)
     reset_checkpoints: bool = False
     training_annotations: str | None = None
@@ -56,6 +59,13 @@ class Hyperparameters:
                     f"hyperparameter {name!r} is not known; expected one of: {', '.join(sorted(known))}"
                 )
             values[name] = _parse(name, text)
+        if values.get("amp") is not None:
+            if "precision" in values:
+                raise HyperparameterError(
+                    "hyperparameters 'amp' and 'precision' are both set; 'amp' is the old name of 'precision' "
+                    "(amp=true is precision=auto, amp=false is precision=fp32): set only 'precision'"
+                )
+            values["precision"] = "auto" if values["amp"] else "fp32"
         params = cls(**values)
         params._validate()
         return params
@@ -101,6 +111,10 @@ def _parse(name: str, text: str) -> Any:
     if not isinstance(text, str):
         text = str(text)
     value = text.strip()
+    if name == "precision":
+        if value.lower() not in SETTINGS:
+            raise HyperparameterError(f"hyperparameter 'precision'={text!r}: expected one of {', '.join(SETTINGS)}")
+        return value.lower()
     if name == "weights":  # "none" is a value here (from scratch); empty or "default" means not set
         return None if value.lower() in ("", "default") else value
     optional = "None" in annotation
@@ -117,7 +131,7 @@ def _parse(name: str, text: str) -> Any:
             if not math.isfinite(number):
                 raise ValueError
             return number
-        if annotation == "bool":
+        if annotation.startswith("bool"):
             if value.lower() in _TRUE:
                 return True
             if value.lower() in _FALSE:

@@ -18,9 +18,10 @@ from ..errors import CheckpointError, InputDataError
 from ..evaluation.metrics import CocoMetrics, coco_box_metrics, predict_dataset, print_metric_lines
 from ..model_dir import LabelMap, save_model
 from .checkpoint import CheckpointStore, fingerprint_digest
-from .config import TEST_DATASET, TRAIN_DATASET, build_training_config
+from .config import TEST_DATASET, TRAIN_DATASET, build_training_config, training_precision
 from .distributed import Rank, all_gather, barrier
 from .hooks import CheckpointHook, PeriodicEvalHook
+from ..precision import flush_denormals, prepare_model
 from .hyperparameters import Hyperparameters
 from .state import TrainingState
 from .weights import identity as weights_identity
@@ -39,6 +40,7 @@ _RESUME_NEUTRAL_KEYS = (
     "DATALOADER.NUM_WORKERS",
     "VIS_PERIOD",
     "CUDNN_BENCHMARK",
+    "SOLVER.AMP.ENABLED",  # the precision: fp32 master weights resume under any precision
 )
 
 
@@ -125,6 +127,7 @@ class Trainer:
         if self.channels.testing is not None:
             self.test_records = to_detectron2_dicts(self.channels.testing, self.labels)
             register_dataset(TEST_DATASET, self.test_records, self.labels, str(self.channels.testing.json_path))
+        self.precision = training_precision(params, use_gpu=env.num_gpus > 0)
         self.store = CheckpointStore(env.checkpoint_dir)
         self.fingerprint = training_fingerprint(self.cfg, self.channels)
         self.max_iter = self.cfg.SOLVER.MAX_ITER
@@ -136,7 +139,7 @@ class Trainer:
         from detectron2.utils.env import seed_all_rng
 
         seed_all_rng(self.cfg.SEED + self.rank.rank)
-        return build_model(self.cfg)
+        return prepare_model(build_model(self.cfg), self.precision)
 
     def build_optimizer(self, model):
         from detectron2.solver import build_optimizer
@@ -149,8 +152,8 @@ class Trainer:
         return build_lr_scheduler(self.cfg, optimizer)
 
     def build_grad_scaler(self):
-        """The AMP grad scaler when the config trains with AMP, else None."""
-        if not self.cfg.SOLVER.AMP.ENABLED:
+        """The grad scaler when the precision needs one (fp16), else None."""
+        if not self.precision.needs_grad_scaler:
             return None
         import torch
 
@@ -215,7 +218,7 @@ class Trainer:
 
     def train(self, state: TrainingState, start_iter: int) -> bool:
         """detectron2's training loop from ``start_iter``; False when a stop request ended it (checkpoint saved)."""
-        from detectron2.engine import AMPTrainer, SimpleTrainer
+        from .loop import PrecisionTrainer
 
         train_model = state.model
         if self.rank.world_size > 1:
@@ -224,10 +227,7 @@ class Trainer:
             device_ids = [self.rank.local_rank] if self.cfg.MODEL.DEVICE == "cuda" else None
             train_model = DistributedDataParallel(state.model, device_ids=device_ids, broadcast_buffers=False)
         loader = self.build_train_loader(start_iter)
-        if state.grad_scaler is not None:
-            trainer = AMPTrainer(train_model, loader, state.optimizer, grad_scaler=state.grad_scaler)
-        else:
-            trainer = SimpleTrainer(train_model, loader, state.optimizer)
+        trainer = PrecisionTrainer(train_model, loader, state.optimizer, self.precision, state.grad_scaler)
         trainer.register_hooks(self.build_hooks(state))
         try:
             trainer.train(start_iter, self.max_iter)
@@ -250,7 +250,9 @@ class Trainer:
         ):
             if dataset is None:
                 continue
-            detections = predict_dataset(model, build_test_loader(self.cfg, records), self.labels, self.stop.is_set)
+            detections = predict_dataset(
+                model, build_test_loader(self.cfg, records), self.labels, self.stop.is_set, self.precision
+            )
             if self.rank.is_main:
                 metrics = coco_box_metrics(dataset, detections, self.labels)
                 print_metric_lines(prefix, metrics)
@@ -264,6 +266,7 @@ class Trainer:
         barrier(self.rank)
 
     def run(self) -> int:
+        logger.info("Precision: %s", self.precision.describe())
         model = self.build_model()
         optimizer = self.build_optimizer(model)
         state = TrainingState(
@@ -279,6 +282,7 @@ class Trainer:
         metrics = self.evaluate(model)
         metrics["iterations"] = self.max_iter
         metrics["train_seconds_this_run"] = round(train_seconds, 1)
+        metrics["precision"] = self.precision.as_json()
         self.save_model(model, metrics)
         return 0
 
@@ -302,6 +306,9 @@ def configure_logging(rank: Rank) -> None:
 
 
 def train_process(env: TrainingEnvironment, params: Hyperparameters, rank: Rank, stop: StopRequest) -> int:
+    # First, before torch starts its threads: they copy this thread's floating-point mode.
+    if flush_denormals("cuda" if env.num_gpus > 0 else "cpu"):
+        logger.debug("Denormal floats are flushed to zero")
     configure_logging(rank)
     trainer = Trainer(env, params, rank, stop)
     stop.install()
