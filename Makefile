@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv demo test test-fast bench-train bench-serve bench-transfer lint clean
+.PHONY: venv demo test test-fast bench-train bench-serve bench-eval bench-transfer lint clean
 
 venv: $(VENV)/.ready
 
@@ -31,6 +31,9 @@ bench-train: venv
 
 bench-serve: venv
 	$(PY) benchmarks/serve_latency.py
+
+bench-eval: venv
+	$(PY) benchmarks/evaluate_throughput.py
 
 bench-transfer: venv
 	$(PY) benchmarks/transfer.py

@@ -30,6 +30,16 @@ def test_bad_setting_ends_serve_with_the_variable_named(tmp_path):
     assert code == 1 and "DETECTOR_SCORE_THRESHOLD=2.0" in stderr
 
 
+@pytest.mark.parametrize(
+    "value, reason",
+    [("half", "DETECTOR_PRECISION='half': expected one of auto, fp32, bf16, fp16"),
+     ("fp16", "DETECTOR_PRECISION='fp16' needs a CUDA GPU; on CPUs use 'bf16'")],
+)
+def test_a_precision_this_machine_cannot_run_ends_serve_before_the_model_loads(tmp_path, value, reason):
+    code, stderr = serve_until_exit(tmp_path, tmp_path, DETECTOR_PRECISION=value)
+    assert code == 1 and reason in stderr and "Traceback" not in stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "breakage, reason",

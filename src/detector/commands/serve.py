@@ -47,9 +47,14 @@ def run(args) -> int:
         from ..serving.endpoint import run_endpoint
         from ..serving.inference_handler import InferenceHandler
 
+        from ..precision import resolve
+
+        # The workers' precision must run on their device (fp16 needs a GPU): say so before anything starts.
+        resolve(settings.precision, "cuda" if settings.num_gpus > 0 else "cpu", "DETECTOR_PRECISION")
         # A model that cannot load or run never gets a server. Checked on the CPU so that this
-        # process holds no GPU memory; the workers load it on their GPUs.
-        InferenceHandler(settings).load_model(settings.model_dir, "cpu")
+        # process holds no GPU memory; the workers load it on their GPUs (fp16 is checked as fp32 here).
+        check_precision = "fp32" if settings.precision == "fp16" else settings.precision
+        InferenceHandler(settings).load_model(settings.model_dir, "cpu", check_precision)
         interruptible.clear()
         if stop.is_set():
             raise Stop

@@ -79,13 +79,14 @@ class InferenceHandler:
         gpu_id = context.system_properties.get("gpu_id") if context is not None else None
         return self.load_model(Path(model_dir), select_device(gpu_id))
 
-    def load_model(self, model_dir: Path, device: str) -> Predictor:
+    def load_model(self, model_dir: Path, device: str, precision: str | None = None) -> Predictor:
+        """The model directory loaded on ``device`` at ``precision`` (default: DETECTOR_PRECISION) and warmed up."""
         if device == "cpu":
             import torch
 
             # Workers share the host's cores instead of each claiming all of them.
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.settings.workers))
-        predictor = Predictor.from_model_dir(model_dir, device, self.settings.precision)
+        predictor = Predictor.from_model_dir(model_dir, device, precision or self.settings.precision)
         warm_up(predictor)
         logger.info(
             "model from %s loaded on %s (%d classes); precision %s",
