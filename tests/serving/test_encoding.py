@@ -1,9 +1,11 @@
 import json
 
+import numpy as np
+
 import pytest
 
 from detector.predictor import Detection
-from detector.serving.encoding import COCO_TYPE, JSON_TYPE, encode_predictions, negotiate
+from detector.serving.encoding import COCO_TYPE, JSON_TYPE, encode_predictions, mask_to_polygons, negotiate
 from detector.serving.request_errors import NotAcceptable
 
 DETECTIONS = [Detection((1.0, 2.0, 11.5, 22.25), 0.9, 12, "triangle"), Detection((0.0, 0.0, 5.0, 5.0), 0.4, 3, "circle")]
@@ -61,3 +63,82 @@ def test_coco_results_format():
         {"image_id": 0, "category_id": 12, "bbox": [1.0, 2.0, 10.5, 20.25], "score": 0.9},
         {"image_id": 1, "category_id": 3, "bbox": [0.0, 0.0, 5.0, 5.0], "score": 0.4},
     ]
+
+
+# -- masks ------------------------------------------------------------------------------------------
+
+
+def drawn_mask(width=120, height=90):
+    """A disc with a square hole, and a separate triangle: two outer contours and one hole."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((10, 10, 60, 70), fill=1)
+    draw.rectangle((30, 35, 38, 43), fill=0)
+    draw.polygon([(80, 20), (110, 80), (70, 80)], fill=1)
+    return np.asarray(image, dtype=bool)
+
+
+def decode_polygons(polygons, height, width):
+    from pycocotools import mask as mask_util
+
+    return mask_util.decode(mask_util.merge(mask_util.frPyObjects(polygons, height, width))).astype(bool)
+
+
+def iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+MASK = drawn_mask()
+MASKED = [Detection((10.0, 10.0, 110.0, 80.0), 0.9, 12, "triangle", MASK), Detection((0.0, 0.0, 5.0, 5.0), 0.4, 3, "circle", np.zeros_like(MASK))]
+
+
+def test_rle_segmentation_decodes_to_the_mask_in_image_pixels():
+    from pycocotools import mask as mask_util
+
+    body = json.loads(encode_predictions([MASKED], [(120, 90)], False, JSON_TYPE))
+    first, empty = body["detections"]
+    assert first["segmentation"]["size"] == [90, 120] and isinstance(first["segmentation"]["counts"], str)
+    assert (mask_util.decode(first["segmentation"]) == MASK).all()
+    assert not mask_util.decode(empty["segmentation"]).any()
+
+
+def test_polygons_are_the_simplified_outer_contours():
+    polygons = mask_to_polygons(MASK)
+    assert len(polygons) == 2 and all(len(p) % 2 == 0 and len(p) >= 6 for p in polygons)
+    assert sum(len(p) for p in polygons) // 2 < 60, "simplified: far fewer vertices than contour pixels"
+    filled = MASK.copy()
+    filled[35:44, 30:39] = True  # polygons carry no holes
+    assert iou(decode_polygons(polygons, *MASK.shape), filled) > 0.95
+    xs, ys = np.array([v for p in polygons for v in p[0::2]]), np.array([v for p in polygons for v in p[1::2]])
+    assert xs.min() >= 9.5 and xs.max() <= 111.5 and ys.min() >= 9.5 and ys.max() <= 81.5
+    assert mask_to_polygons(np.zeros((4, 4), dtype=bool)) == []
+
+
+def test_a_mask_touching_the_image_border_still_closes():
+    mask = np.zeros((30, 40), dtype=bool)
+    mask[0:12, 25:40] = True
+    (polygon,) = mask_to_polygons(mask)
+    assert iou(decode_polygons([polygon], 30, 40), mask) > 0.9
+
+
+@pytest.mark.parametrize("response_type", [JSON_TYPE, COCO_TYPE])
+def test_mask_format_chooses_rle_polygon_or_none(response_type):
+    def entries(mask_format):
+        body = json.loads(encode_predictions([MASKED], [(120, 90)], False, response_type, mask_format))
+        return body if response_type == COCO_TYPE else body["detections"]
+
+    assert isinstance(entries("rle")[0]["segmentation"], dict)
+    polygons = entries("polygon")
+    assert isinstance(polygons[0]["segmentation"], list) and polygons[1]["segmentation"] == []
+    assert all("segmentation" not in entry for entry in entries("none"))
+    # The rest of each entry is the same whatever the mask format.
+    assert [{k: v for k, v in e.items() if k != "segmentation"} for e in entries("rle")] == entries("none")
+
+
+def test_box_models_never_answer_a_segmentation():
+    for mask_format in ("rle", "polygon"):
+        body = json.loads(encode_predictions([DETECTIONS], [(64, 48)], False, JSON_TYPE, mask_format))
+        assert all("segmentation" not in d for d in body["detections"])
+        assert all("segmentation" not in d for d in json.loads(encode_predictions([DETECTIONS], [(64, 48)], False, COCO_TYPE, mask_format)))
