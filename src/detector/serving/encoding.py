@@ -60,49 +60,69 @@ def negotiate(accept: str | None, default: str = JSON_TYPE) -> str:
 POLYGON_TOLERANCE_PX = 1.0
 
 
+def _extent(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right), inclusive, of the mask's pixels; None when it has none."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not len(rows):
+        return None
+    cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(axis=0))
+    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+
+
 def mask_to_rle(mask: np.ndarray) -> dict:
-    """An HxW mask as COCO compressed RLE with text ``counts``."""
+    """An HxW mask as COCO compressed RLE with text ``counts``.
+
+    The run lengths (column-major, starting with background) are counted over the columns the object
+    spans only, the rest of the image being one background run on each side, and pycocotools
+    compresses them: a detection costs its own extent, not the whole image's."""
     from pycocotools import mask as mask_util
 
-    rle = mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    height, width = mask.shape
+    extent = _extent(mask)
+    if extent is None:
+        counts = [height * width]
+    else:
+        _, _, left, right = extent
+        strip = mask[:, left:right + 1].T.reshape(-1)  # column-major order of those columns
+        changes = np.flatnonzero(strip[1:] != strip[:-1]) + 1
+        runs = np.diff(np.concatenate(([0], changes, [strip.size])))
+        counts = runs.tolist()
+        if strip[0]:
+            counts.insert(0, 0)
+        counts[0] += left * height  # background columns before the object
+        trailing = (width - right - 1) * height
+        if len(counts) % 2:  # ends with background: it continues into the columns after
+            counts[-1] += trailing
+        elif trailing:
+            counts.append(trailing)
+    rle = mask_util.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 
 
 def _simplify(points: np.ndarray, tolerance: float) -> np.ndarray:
-    """Ramer-Douglas-Peucker on an open polyline (N x 2): the vertices that keep it within ``tolerance``."""
-    keep = np.zeros(len(points), dtype=bool)
-    keep[0] = keep[-1] = True
-    stack = [(0, len(points) - 1)]
-    while stack:
-        first, last = stack.pop()
-        if last - first < 2:
-            continue
-        start, end = points[first], points[last]
-        segment = end - start
-        inner = points[first + 1:last] - start
-        length = float(np.hypot(*segment))
-        if length == 0.0:
-            distances = np.hypot(inner[:, 0], inner[:, 1])
-        else:
-            distances = np.abs(segment[0] * inner[:, 1] - segment[1] * inner[:, 0]) / length
-        k = int(np.argmax(distances))
-        if distances[k] > tolerance:
-            keep[first + 1 + k] = True
-            stack += [(first, first + 1 + k), (first + 1 + k, last)]
-    return points[keep]
+    """A closed contour (N x 2) with the vertices matplotlib's path simplification keeps within ``tolerance``."""
+    from matplotlib.path import Path as PlotPath
+
+    path = PlotPath(np.vstack([points, points[:1]]))
+    path.simplify_threshold = tolerance
+    cleaned = path.cleaned(simplify=True)
+    kept = cleaned.vertices[np.isin(cleaned.codes, (PlotPath.MOVETO, PlotPath.LINETO))]
+    if len(kept) > 1 and np.array_equal(kept[0], kept[-1]):
+        kept = kept[:-1]
+    return kept
 
 
 def mask_to_polygons(mask: np.ndarray, tolerance: float = POLYGON_TOLERANCE_PX) -> list[list[float]]:
     """The outer contours of an HxW mask as COCO polygons (pixel edges: pixel (0, 0) spans 0..1),
-    traced by contourpy at the 0.5 level and simplified; pieces under 3 vertices are left out."""
+    traced by contourpy at the 0.5 level and simplified by matplotlib; pieces under 3 vertices are left out."""
     import contourpy
 
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not len(rows):
+    extent = _extent(mask)
+    if extent is None:
         return []
-    top, left = int(rows[0]), int(cols[0])
+    top, bottom, left, right = extent
     # The mask's extent plus a margin of background, so every contour closes.
-    crop = np.pad(np.asarray(mask[top:rows[-1] + 1, left:cols[-1] + 1], dtype=np.float32), 1)
+    crop = np.pad(np.asarray(mask[top:bottom + 1, left:right + 1], dtype=np.float32), 1)
     generator = contourpy.contour_generator(z=crop, fill_type=contourpy.FillType.OuterOffset)
     points_list, offsets_list = generator.filled(0.5, 1.5)
     polygons = []
@@ -110,7 +130,7 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = POLYGON_TOLERANCE_PX) 
         outer = points[offsets[0]:offsets[1]]  # then the holes, which COCO polygons cannot express
         if len(outer) > 1 and np.array_equal(outer[0], outer[-1]):
             outer = outer[:-1]
-        simplified = _simplify(np.vstack([outer, outer[:1]]), tolerance)[:-1] if len(outer) >= 3 else outer
+        simplified = _simplify(outer, tolerance) if len(outer) >= 3 else outer
         if len(simplified) < 3:
             continue
         # contourpy's x, y are column and row indices of pixel centres in the padded crop.
@@ -184,6 +204,33 @@ def encode_predictions(
         per_image = [image_result(d, w, h, mask_format) for d, (w, h) in zip(results, sizes)]
         document = {"predictions": per_image} if batch else per_image[0]
     return json.dumps(document, separators=(",", ":")).encode()
+
+
+_PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230))
+
+
+def overlay_image(image: np.ndarray, detections: Sequence[Detection], mask_alpha: float = 0.45):
+    """A PIL image of ``image`` (HxWx3 RGB) with each detection's mask tinted, its box drawn and
+    ``label score`` written above it; one colour per category."""
+    from PIL import Image, ImageDraw
+
+    canvas = image.astype(np.float32)
+    for d in detections:
+        if d.mask is not None:
+            color = np.array(_PALETTE[d.category_id % len(_PALETTE)], dtype=np.float32)
+            canvas[d.mask] = canvas[d.mask] * (1 - mask_alpha) + color * mask_alpha
+    picture = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    for d in detections:
+        color = _PALETTE[d.category_id % len(_PALETTE)]
+        x1, y1, x2, y2 = d.bbox
+        draw.rectangle((x1, y1, x2, y2), outline=color, width=2)
+        text = f"{d.label} {d.score:.2f}"
+        left, top, right, bottom = draw.textbbox((x1, y1), text)
+        lift = bottom - top + 2
+        draw.rectangle((x1, y1 - lift, x1 + right - left + 2, y1), fill=color)
+        draw.text((x1 + 1, y1 - lift), text, fill=(0, 0, 0))
+    return picture
 
 
 def encode_error(message: str) -> bytes:
