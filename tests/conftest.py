@@ -31,7 +31,7 @@ def tiny_mask_model(tmp_path_factory) -> tuple[Path, str]:
     """A finished tiny Mask R-CNN training job on `detector synth --masks` data, and its output."""
     base = write_training_job(
         tmp_path_factory.mktemp("tiny_mask_model"),
-        tiny_mask_hyperparameters(max_iter=16, checkpoint_period=8),
+        tiny_mask_hyperparameters(max_iter=30, checkpoint_period=20),
         train_images=16,
         test_images=4,
         masks=True,

@@ -157,10 +157,11 @@ def test_box_models_never_answer_a_segmentation():
 
 # -- a real `detector serve` of the tiny mask model --------------------------------------------------
 
-# Mean over the drawn shapes of the test images of the best IoU of a served mask, measured on
-# 2026-12-01 for the tiny mask model (16 iterations, 2-core Xeon): see docs/serving.md. An untrained
-# mask head or misplaced masks (wrong scale, transposed) stay near 0.
-MIN_MEAN_BEST_IOU = 0.08
+# Mean over the drawn shapes of the test images of the best IoU of a served mask: 0.21 measured on
+# 2026-12-01 for the tiny mask model (30 iterations from scratch, 2-core Xeon), the same at twice the
+# image size; 0.006 after 16 iterations. Untrained, or misplaced masks (wrong scale, transposed) stay
+# near 0.
+MIN_MEAN_BEST_IOU = 0.1
 
 
 @pytest.fixture(scope="module")

@@ -226,12 +226,12 @@ def test_a_mask_model_resumes_mid_run(tiny_mask_model, tmp_path):
     finished, _ = tiny_mask_model
     base = tmp_path / "job"
     shutil.copytree(finished, base, ignore=shutil.ignore_patterns("model"))
-    (base / "checkpoints" / "checkpoint_00000016.pth").unlink()
-    assert checkpoints(base) == ["checkpoint_00000008.pth"]
+    (base / "checkpoints" / "checkpoint_00000030.pth").unlink()
+    assert checkpoints(base) == ["checkpoint_00000020.pth"]
     resumed = run_training(base)
     assert resumed.process.returncode == 0, resumed.output[-3000:]
-    assert "Resuming from" in resumed.output and "at iteration 8 of 16" in resumed.output
-    assert re.search(r"iter: 15\b", resumed.output) and not re.search(r"iter: 4\b", resumed.output)
+    assert "Resuming from" in resumed.output and "at iteration 20 of 30" in resumed.output
+    assert re.search(r"iter: 29\b", resumed.output) and not re.search(r"iter: 14\b", resumed.output)
     assert len(MASK_LINE.findall(resumed.output)) == 6
     assert "testing_mask" in json.loads((base / "model" / "metrics.json").read_text())
 
