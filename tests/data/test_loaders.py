@@ -1,6 +1,5 @@
 """Validated COCO channels as detectron2 dataset dicts: the masks reach the model as drawn."""
 
-import numpy as np
 import pytest
 
 from detector.data.coco import has_rle_masks, load_coco
