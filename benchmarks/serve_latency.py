@@ -17,6 +17,11 @@ threads do not leak into the other): detectron2's own ``DefaultPredictor`` in fp
 ``Predictor`` at ``DETECTOR_PRECISION=fp32`` and ``auto`` (bf16 + channels-last on CPUs with AMX); p50
 of one-image calls and the largest box difference from DefaultPredictor's detections.
 
+Then the mask section (alone with ``--masks-only``): on a 1066x800 image with 20 detections, the
+mask post-processing (detectron2 pasting 28x28 mask predictions into the image, as the model's
+post-processing does, and the copy out to numpy) and the response encoding with ``masks=none``,
+``rle`` and ``polygon``, next to the whole model call of the packaged Mask R-CNN at 800 px.
+
 Usage: python benchmarks/serve_latency.py [--model-dir DIR | --config CONFIG] [--image-size PX] [--rounds R]
 Without --model-dir, a model with random weights is built from --config (inference cost does not
 depend on training); default: the packaged ResNet-18 FPN at 128 px.
@@ -106,7 +111,7 @@ def largest_box_difference(reference: dict, other: dict) -> tuple[float, int]:
     return worst, unmatched
 
 
-def build_random_model(config: str, model_dir: Path) -> None:
+def build_random_model(config: str, model_dir: Path, overrides: dict | None = None) -> None:
     import torch
     from detectron2.modeling import build_model
 
@@ -119,6 +124,8 @@ def build_random_model(config: str, model_dir: Path) -> None:
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(CATEGORIES)
     cfg.MODEL.RETINANET.NUM_CLASSES = len(CATEGORIES)
+    for key, value in (overrides or {}).items():
+        cfg.merge_from_list([key, value])
     torch.manual_seed(0)
     model = build_model(cfg)
     labels = LabelMap.from_categories([Category(i, n) for i, n in CATEGORIES])
@@ -222,6 +229,59 @@ def start_server(base_dir: Path, port: int, workers: int, log_path: Path) -> tup
     return process, time.perf_counter() - start, int(internal.group(1))
 
 
+def mask_section(rounds: int) -> dict:
+    """Mask post-processing and encoding on a 1066x800 image with 20 masks, and the model time."""
+    import torch
+    from detectron2.layers.mask_ops import paste_masks_in_image
+
+    from detector.predictor import Detection, Predictor
+    from detector.serving.encoding import JSON_TYPE, encode_predictions
+
+    width, height, count = 1066, 800, 20
+    rng = np.random.default_rng(0)
+    sides = rng.uniform(60, 260, size=count)
+    x1, y1 = rng.uniform(0, width - sides), rng.uniform(0, height - sides)
+    boxes = torch.tensor(np.stack([x1, y1, x1 + sides, y1 + sides * rng.uniform(0.6, 1.0, size=count)], axis=1), dtype=torch.float32)
+    # 28x28 mask probabilities, as the mask head predicts them: a soft disc per box.
+    grid = torch.linspace(-1, 1, 28)
+    disc = torch.sigmoid(6 * (0.8 - (grid[None, :] ** 2 + grid[:, None] ** 2).sqrt()))
+    probabilities = disc.expand(count, 1, 28, 28).clone()
+
+    def post_process():
+        masks = paste_masks_in_image(probabilities[:, 0], boxes, (height, width), threshold=0.5)
+        return masks.numpy()
+
+    masks = post_process()
+    detections = [Detection(tuple(b.tolist()), 0.9 - 0.01 * i, 3, "circle", m) for i, (b, m) in enumerate(zip(boxes, masks))]
+    calls = {"post-process (paste 20 masks, to numpy)": post_process}
+    for mask_format in ("none", "rle", "polygon"):
+        calls[f"encode masks={mask_format}"] = lambda f=mask_format: encode_predictions([detections], [(width, height)], False, JSON_TYPE, f)
+
+    with tempfile.TemporaryDirectory(prefix="mask-bench-") as work:
+        build_random_model("detector/mask_rcnn_R_18_FPN_128px.yaml", Path(work) / "model",
+                           {"INPUT.MIN_SIZE_TEST": 800, "INPUT.MAX_SIZE_TEST": 1333, "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0,
+                            "TEST.DETECTIONS_PER_IMAGE": count})
+        predictor = Predictor.from_model_dir(Path(work) / "model", "cpu")
+    image = rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)
+    calls["model call, packaged Mask R-CNN R18 at 800 px (random weights)"] = lambda: predictor.predict_instances([image])
+    for call in calls.values():
+        call()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - start) * 1000)
+    sizes = {f: len(encode_predictions([detections], [(width, height)], False, JSON_TYPE, f)) for f in ("none", "rle", "polygon")}
+    result = {name: {"p50_ms": round(percentile(values, 50), 2), "p99_ms": round(percentile(values, 99), 2)} for name, values in times.items()}
+    print(f"\nmasks: a {width}x{height} image with {count} detections, {rounds} interleaved rounds")
+    print(f"{'step':64} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, row in result.items():
+        print(f"{name:64} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f}")
+    print("response bytes: " + ", ".join(f"masks={f} {n}" for f, n in sizes.items()))
+    return {"steps": result, "response_bytes": sizes}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=None)
@@ -237,7 +297,14 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--model-calls", type=int, default=60, help="one-image calls per process in the precision comparison")
     parser.add_argument("--model-rounds", type=int, default=2, help="alternating rounds of the precision comparison")
+    parser.add_argument("--mask-rounds", type=int, default=20, help="rounds of the mask section")
+    parser.add_argument("--masks-only", action="store_true", help="only the mask section (no server)")
     args = parser.parse_args()
+    if args.masks_only:
+        masks = mask_section(args.mask_rounds)
+        if args.json:
+            args.json.write_text(json.dumps({"masks": masks}, indent=2))
+        return 0
 
     from dataclasses import replace
 
@@ -364,8 +431,9 @@ def main() -> int:
     summary["model_time_ratio_auto_vs_default_predictor"] = round(summary["model_p50_ms_auto"] / d2_p50, 3)
     print(f"detector serve start-up to ready: {summary['serve_startup_to_ready_s']:.1f} s; "
           f"`detector predict` on {len(files)} images as a command: {command_s:.1f} s (includes start-up)")
+    masks = mask_section(args.mask_rounds)
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "modes": rows}, indent=2))
+        args.json.write_text(json.dumps({"summary": summary, "modes": rows, "masks": masks}, indent=2))
     return 0
 
 

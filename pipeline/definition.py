@@ -2,7 +2,8 @@
 
 Train (managed Spot, checkpoints per execution) -> Evaluate (``detector evaluate`` in the training image)
 -> CheckTestingAP (``metrics.testing_ap.value`` >= MinTestingAP) -> Register (serving image) -> Deploy
-(Lambda), or TestingAPTooLow (Fail) when the gate does not pass.
+(Lambda), or TestingAPTooLow (Fail) when the gate does not pass. The gate's metric is ``gate_metric``
+(``testing_ap``, or ``testing_mask_ap`` by default when the ``model`` hyperparameter names Mask R-CNN).
 
 The SDK is imported and driven with a session holding placeholder credentials, role validation and
 telemetry off, and every S3 location explicit, so building the definition sends nothing anywhere.
@@ -60,18 +61,26 @@ def _offline_sdk(region: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def get_pipeline(settings: PipelineSettings):
-    """The ``sagemaker.mlops.workflow.pipeline.Pipeline`` for ``settings``; ``.definition()`` gives the JSON."""
+def get_pipeline(settings: PipelineSettings, gate_metric: str | None = None):
+    """The ``sagemaker.mlops.workflow.pipeline.Pipeline`` for ``settings``; ``.definition()`` gives the JSON.
+
+    ``gate_metric``: the evaluation metric the condition and the Fail message use (one of
+    ``spec.GATE_METRICS``); by default the one for the ``model`` hyperparameter (``spec.gate_metric_for``)."""
     with _offline_sdk(settings.region):
-        return _build(settings)
+        return _build(settings, gate_metric)
 
 
-def pipeline_definition(settings: PipelineSettings) -> str:
+def pipeline_definition(settings: PipelineSettings, gate_metric: str | None = None) -> str:
     with _offline_sdk(settings.region):
-        return _build(settings).definition()
+        return _build(settings, gate_metric).definition()
 
 
-def _build(settings: PipelineSettings):
+def _build(settings: PipelineSettings, gate_metric: str | None = None):
+    model = settings.hyperparameters.get("model")
+    gate_metric = gate_metric or spec.gate_metric_for(model)
+    spec.gate_metric_path(gate_metric)  # fails naming the choices, before the SDK is imported
+    metric_definitions = spec.METRIC_DEFINITIONS + (spec.MASK_METRIC_DEFINITIONS if spec.is_mask_model(model) else ())
+
     import boto3
     from sagemaker.core.lambda_helper import Lambda
     from sagemaker.core.processing import Processor
@@ -133,7 +142,7 @@ def _build(settings: PipelineSettings):
         ),
         output_data_config=OutputDataConfig(s3_output_path=f"{root}/models"),
         hyperparameters=hyperparameters,
-    ).with_metric_definitions([MetricDefinition(name=name, regex=regex) for name, regex in spec.METRIC_DEFINITIONS])
+    ).with_metric_definitions([MetricDefinition(name=name, regex=regex) for name, regex in metric_definitions])
     train = TrainingStep(
         name=spec.STEP_TRAIN,
         step_args=trainer.train(
@@ -176,7 +185,7 @@ def _build(settings: PipelineSettings):
         ),
         property_files=[report],
     )
-    testing_ap = JsonGet(step_name=evaluate.name, property_file=report, json_path=spec.TESTING_AP_PATH)
+    testing_ap = JsonGet(step_name=evaluate.name, property_file=report, json_path=spec.gate_metric_path(gate_metric))
 
     builder = ModelBuilder(
         image_uri=settings.serve_image,
@@ -223,7 +232,7 @@ def _build(settings: PipelineSettings):
         name=spec.STEP_FAIL,
         error_message=Join(
             on=" ",
-            values=[spec.FAIL_MESSAGE_PARTS[0], testing_ap, spec.FAIL_MESSAGE_PARTS[1], params["MinTestingAP"]],
+            values=[spec.fail_message_parts(gate_metric)[0], testing_ap, spec.fail_message_parts(gate_metric)[1], params["MinTestingAP"]],
         ),
     )
     check = ConditionStep(

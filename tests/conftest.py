@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import detector_command, detector_env, tiny_hyperparameters, write_training_job
+from helpers import detector_command, detector_env, tiny_hyperparameters, tiny_mask_hyperparameters, write_training_job
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +24,38 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_model: Path) -> Path:
     return tiny_model / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_mask_model(tmp_path_factory) -> tuple[Path, str]:
+    """A finished tiny Mask R-CNN training job on `detector synth --masks` data, and its output."""
+    base = write_training_job(
+        tmp_path_factory.mktemp("tiny_mask_model"),
+        tiny_mask_hyperparameters(max_iter=30, checkpoint_period=20),
+        train_images=16,
+        test_images=4,
+        masks=True,
+    )
+    result = subprocess.run(detector_command("train"), env=detector_env(base), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return base, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="session")
+def tiny_mask_evaluation(tiny_mask_model) -> tuple[Path, str]:
+    """`detector evaluate` of the tiny mask model's archive on its testing channel: the output folder and the log."""
+    import tarfile
+
+    from detector.environment import prepare_processing_job
+
+    base, _ = tiny_mask_model
+    job = base.parent / "evaluation_job"
+    archive = job / "model.tar.gz"
+    job.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted((base / "model").iterdir()):
+            tar.add(path, arcname=path.name)
+    layout = prepare_processing_job(job, archive, base / "input" / "data" / "testing")
+    result = subprocess.run(detector_command("evaluate"), env=detector_env(job), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return layout.evaluation_output, result.stdout + result.stderr

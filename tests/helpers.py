@@ -16,6 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_MODEL = "detector/faster_rcnn_R_18_FPN_128px.yaml"
+SMALL_MASK_MODEL = "detector/mask_rcnn_R_18_FPN_128px.yaml"
 
 
 def detector_env(base_dir: Path | None = None, **extra: str) -> dict[str, str]:
@@ -32,15 +33,19 @@ def detector_command(*args: str) -> list[str]:
 
 
 def write_training_job(
-    base_dir: Path, hyperparameters: dict, train_images: int = 24, test_images: int = 8, seed: int = 0, **layout
+    base_dir: Path, hyperparameters: dict, train_images: int = 24, test_images: int = 8, seed: int = 0, masks: bool = False,
+    **layout,
 ) -> Path:
-    """A SageMaker training layout under ``base_dir`` with synthetic channels and string hyperparameters.
+    """A SageMaker training layout under ``base_dir`` with synthetic channels (``masks``: with shape masks)
+    and string hyperparameters.
 
     ``layout``: ``hosts``, ``current_host``, ``network_interface_name`` for resourceconfig.json."""
     from detector import environment
     from detector.data.synthetic import generate_channels
 
-    channels = generate_channels(environment.TrainingLayout(base_dir).data_dir, train_images, test_images, image_size=128, seed=seed)
+    channels = generate_channels(
+        environment.TrainingLayout(base_dir).data_dir, train_images, test_images, image_size=128, seed=seed, masks=masks
+    )
     return environment.write_training_job(base_dir, hyperparameters, list(channels), **layout)
 
 
@@ -57,6 +62,16 @@ def tiny_hyperparameters(**overrides) -> dict[str, str]:
     }
     params.update({k: str(v) for k, v in overrides.items()})
     return params
+
+
+def tiny_mask_hyperparameters(**overrides) -> dict[str, str]:
+    """The small mask model, as short as a test can afford; at most 20 masks per image to evaluate and serve."""
+    return tiny_hyperparameters(
+        model=SMALL_MASK_MODEL,
+        training_eval_images="4",
+        opts="MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.0 TEST.DETECTIONS_PER_IMAGE 20",
+        **overrides,
+    )
 
 
 def start_serve(base_dir: Path, log_path: Path, **extra_env: str) -> tuple[subprocess.Popen, str]:

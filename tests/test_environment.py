@@ -68,6 +68,17 @@ def test_serving_settings(tmp_path):
         ServingEnvironment.from_env({"SAGEMAKER_BIND_TO_PORT": "http"})
 
 
+@pytest.mark.parametrize("value, expected", [(None, "rle"), ("polygon", "polygon"), ("NONE", "none"), ("rle", "rle")])
+def test_serving_mask_format_default(value, expected):
+    environ = {} if value is None else {"DETECTOR_MASK_FORMAT": value}
+    assert ServingEnvironment.from_env(environ).mask_format == expected
+
+
+def test_serving_mask_format_must_be_known():
+    with pytest.raises(DetectorError, match="DETECTOR_MASK_FORMAT='bitmap': expected one of rle, polygon, none"):
+        ServingEnvironment.from_env({"DETECTOR_MASK_FORMAT": "bitmap"})
+
+
 def test_serving_port_must_be_one_multi_model_server_accepts():
     with pytest.raises(DetectorError, match="SAGEMAKER_BIND_TO_PORT"):
         ServingEnvironment.from_env({"SAGEMAKER_BIND_TO_PORT": "41669"})

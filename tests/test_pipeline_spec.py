@@ -99,3 +99,26 @@ def test_every_parameter_is_documented_with_its_default():
     for p in pipeline_spec.PARAMETERS:
         default = str(p.default).replace("{root}", "<root>")
         assert f"| `{p.name}` | {p.type} | `{default}` |" in docs, p.name
+
+
+@pytest.mark.parametrize(
+    "model, metric",
+    [
+        (None, "testing_ap"),
+        ("COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml", "testing_ap"),
+        ("detector/faster_rcnn_R_18_FPN_128px.yaml", "testing_ap"),
+        ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml", "testing_mask_ap"),
+        ("detector/mask_rcnn_R_18_FPN_128px.yaml", "testing_mask_ap"),
+        ("/configs/my_mask_rcnn.yaml", "testing_mask_ap"),
+    ],
+)
+def test_the_gate_metric_follows_the_model(model, metric):
+    assert pipeline_spec.gate_metric_for(model) == metric
+    assert pipeline_spec.gate_metric_path(metric) == f"metrics.{metric}.value"
+
+
+def test_the_fail_message_names_the_gate_metric():
+    assert pipeline_spec.fail_message(0.41, 0.5) == "Model not registered: testing_ap 0.41 is below MinTestingAP 0.5"
+    assert pipeline_spec.fail_message(0.41, 0.5, "testing_mask_ap") == "Model not registered: testing_mask_ap 0.41 is below MinTestingAP 0.5"
+    with pytest.raises(pipeline_spec.PipelineParameterError, match="gate metric 'ap'"):
+        pipeline_spec.gate_metric_path("ap")

@@ -506,6 +506,10 @@ def _bounded(name: str, value, low, high=None):
     return value
 
 
+# How served detections carry a mask model's masks (``masks`` custom attribute, DETECTOR_MASK_FORMAT).
+MASK_FORMATS = ("rle", "polygon", "none")
+
+
 @dataclass(frozen=True)
 class ServingEnvironment:
     """Settings of the hosting container (``docker run IMAGE serve``) and of ``detector predict``."""
@@ -526,6 +530,7 @@ class ServingEnvironment:
     # After the last worker holding the model dies: how long a replacement may take to load it.
     reload_timeout_s: int = 180
     default_accept: str = "application/json"
+    mask_format: str = "rle"
     # Set by `detector serve` for its workers: where they report that the model loaded (or why not).
     runtime_dir: Path | None = None
     precision: str = "auto"  # DETECTOR_PRECISION (see detector.precision)
@@ -566,9 +571,17 @@ class ServingEnvironment:
             startup_timeout_s=number("SAGEMAKER_STARTUP_TIMEOUT", 600, 1),
             reload_timeout_s=number("DETECTOR_WORKER_RELOAD_TIMEOUT", 180, 1),
             default_accept=environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or "application/json",
+            mask_format=_mask_format(environ),
             runtime_dir=Path(environ["DETECTOR_SERVE_RUNTIME_DIR"]) if environ.get("DETECTOR_SERVE_RUNTIME_DIR") else None,
             precision=precision_env(environ),
         )
+
+
+def _mask_format(environ: Mapping[str, str]) -> str:
+    value = (environ.get("DETECTOR_MASK_FORMAT") or "rle").strip().lower()
+    if value not in MASK_FORMATS:
+        raise DetectorError(f"environment variable DETECTOR_MASK_FORMAT={value!r}: expected one of {', '.join(MASK_FORMATS)}")
+    return value
 
 
 def prepare_serving(base: Path, model_archive: Path) -> Path:

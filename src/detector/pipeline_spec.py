@@ -109,6 +109,38 @@ EVALUATION_FILE = "evaluation.json"
 EVALUATION_PLOT = "evaluation.png"
 TESTING_AP_PATH = "metrics.testing_ap.value"
 
+# The gate: which metric of evaluation.json the condition compares with MinTestingAP. Box AP by
+# default; mask AP for a mask model (a `model` hyperparameter naming Mask R-CNN).
+GATE_METRICS = ("testing_ap", "testing_mask_ap")
+DEFAULT_GATE_METRIC = "testing_ap"
+MASK_METRIC_DEFINITIONS: tuple[tuple[str, str], ...] = (
+    ("training_mask_ap", r"training_mask_ap ([0-9\.]+)"),
+    ("testing_mask_ap", r"testing_mask_ap ([0-9\.]+)"),
+)
+
+
+def gate_metric_path(metric: str) -> str:
+    """The ``JsonGet`` path of a gate metric in evaluation.json."""
+    if metric not in GATE_METRICS:
+        raise PipelineParameterError(f"gate metric {metric!r}: expected one of {', '.join(GATE_METRICS)}")
+    return f"metrics.{metric}.value"
+
+
+def is_mask_model(model: str | None) -> bool:
+    """Whether a ``model`` hyperparameter names a Mask R-CNN config (model-zoo or packaged), by its name."""
+    name = (model or "").lower()
+    return name.startswith("coco-instancesegmentation/") or "mask_rcnn" in name.rsplit("/", 1)[-1]
+
+
+def gate_metric_for(model: str | None) -> str:
+    """The default gate metric for a ``model`` hyperparameter: mask AP for mask models, else box AP."""
+    return "testing_mask_ap" if is_mask_model(model) else DEFAULT_GATE_METRIC
+
+
+def fail_message_parts(metric: str = DEFAULT_GATE_METRIC) -> tuple[str, str]:
+    """The Fail step's message around the measured metric and the threshold."""
+    return (f"Model not registered: {metric}", "is below MinTestingAP")
+
 # Registration: what the serving image accepts and answers.
 CONTENT_TYPES = ("image/jpeg", "image/png", "application/json", "application/x-npy")
 RESPONSE_TYPES = ("application/json",)
@@ -122,12 +154,13 @@ STEP_REGISTER = "Register"
 STEP_DEPLOY = "Deploy"
 
 # The Fail step's message: these parts joined with spaces around the measured AP and the threshold.
-FAIL_MESSAGE_PARTS = ("Model not registered: testing_ap", "is below MinTestingAP")
+FAIL_MESSAGE_PARTS = fail_message_parts(DEFAULT_GATE_METRIC)
 
 
-def fail_message(testing_ap: float, threshold: float) -> str:
+def fail_message(testing_ap: float, threshold: float, metric: str = DEFAULT_GATE_METRIC) -> str:
     """The Fail step's message as the local runner prints it."""
-    return f"{FAIL_MESSAGE_PARTS[0]} {testing_ap} {FAIL_MESSAGE_PARTS[1]} {threshold}"
+    first, second = fail_message_parts(metric)
+    return f"{first} {testing_ap} {second} {threshold}"
 
 
 def defaults(root: str) -> dict[str, Value]:

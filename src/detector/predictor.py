@@ -26,6 +26,7 @@ class Detection:
     score: float
     category_id: int
     label: str
+    mask: np.ndarray | None = None  # a mask model's HxW boolean mask in original-image pixels
 
 
 class Predictor:
@@ -94,9 +95,10 @@ class Predictor:
             boxes = instances.pred_boxes.tensor.numpy().tolist()
             scores = instances.scores.numpy().tolist()
             classes = instances.pred_classes.numpy().tolist()
+            masks = instances.pred_masks.numpy() if instances.has("pred_masks") else [None] * len(boxes)
             detections = [
-                Detection(tuple(box), score, self.labels.categories[c].id, self.labels.categories[c].name)
-                for box, score, c in zip(boxes, scores, classes)
+                Detection(tuple(box), score, self.labels.categories[c].id, self.labels.categories[c].name, mask)
+                for box, score, c, mask in zip(boxes, scores, classes, masks)
                 if score >= score_threshold
             ]
             detections.sort(key=lambda d: d.score, reverse=True)

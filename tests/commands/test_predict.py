@@ -64,3 +64,24 @@ def test_bad_options_and_model_directory(tiny_model, images, tmp_path):
     assert code == 1 and "accept type 'text/csv' is not supported" in stderr
     code, _, stderr = predict(tiny_model, str(images[0]), "--model-dir", str(tmp_path))
     assert code == 1 and "is missing model_final.pth, config.yaml, labels.json" in stderr and "Traceback" not in stderr
+
+
+def test_visualize_writes_overlays_with_boxes_and_masks(tiny_mask_model, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    base, _ = tiny_mask_model
+    image = sorted((base / "input" / "data" / "testing" / "images").iterdir())[0]
+    code, stdout, stderr = predict(base, str(image), "--custom-attributes", "score_threshold=0,max_detections=3,masks=polygon",
+                                   "--visualize", str(tmp_path / "overlays"))
+    assert code == 0, stderr
+    detections = json.loads(stdout)["detections"]
+    assert len(detections) == 3 and all(isinstance(d["segmentation"], list) for d in detections)
+    [written] = sorted((tmp_path / "overlays").iterdir())
+    assert written.name == image.stem + ".png"
+    with Image.open(written) as overlay, Image.open(image) as original:
+        assert overlay.format == "PNG" and overlay.size == original.size
+        changed = np.any(np.asarray(overlay.convert("RGB"), dtype=int) != np.asarray(original.convert("RGB"), dtype=int), axis=2)
+    x1, y1, x2, y2 = (int(round(v)) for v in detections[0]["bbox"])
+    assert changed[max(y1, 0), max(x1, 0):x2].any(), "the box outline is drawn"
+    assert changed.mean() > 0.02

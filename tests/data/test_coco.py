@@ -1,9 +1,10 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from detector.data.coco import find_annotation_file, load_coco
+from detector.data.coco import find_annotation_file, has_masks, has_rle_masks, load_coco, require_masks
 from detector.errors import InputDataError
 from detector.data.synthetic import generate
 
@@ -108,3 +109,95 @@ def test_a_sample_is_fixed_by_its_seed_and_keeps_its_images_annotations(tmp_path
     ids = {image["id"] for image in sample.images}
     assert sample.annotations == [a for a in dataset.annotations if a["image_id"] in ids]
     assert dataset.sample(0, seed=1) is dataset and dataset.sample(50, seed=1) is dataset
+
+
+# -- masks ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mask_channel(tmp_path) -> Path:
+    generate(tmp_path, num_images=4, image_size=64, seed=1, masks=True)
+    return tmp_path
+
+
+def first_of(data, kind):
+    """The index of the first annotation whose segmentation is polygons ("polygon") or RLE ("rle")."""
+    for i, ann in enumerate(data["annotations"]):
+        if isinstance(ann["segmentation"], list if kind == "polygon" else dict):
+            return i
+    raise AssertionError(f"no {kind} annotation in the synthetic data")
+
+
+def test_synthetic_masks_use_polygons_compressed_and_uncompressed_rle(tmp_path):
+    dataset = load_coco(generate(tmp_path, num_images=12, image_size=64, seed=1, masks=True))
+    kinds = {
+        "polygon" if isinstance(s, list) else "compressed" if isinstance(s["counts"], str) else "uncompressed"
+        for s in (ann["segmentation"] for ann in dataset.annotations)
+    }
+    assert kinds == {"polygon", "compressed", "uncompressed"}
+    assert has_masks(dataset) and has_rle_masks(dataset)
+    require_masks(dataset, "a mask model")
+
+
+def test_masks_do_not_change_the_images_or_boxes(tmp_path):
+    plain = json.loads(generate(tmp_path / "a", num_images=3, image_size=64, seed=2).read_text())
+    masked = json.loads(generate(tmp_path / "b", num_images=3, image_size=64, seed=2, masks=True).read_text())
+    assert [a["bbox"] for a in plain["annotations"]] == [a["bbox"] for a in masked["annotations"]]
+    assert (tmp_path / "a/images/00002.png").read_bytes() == (tmp_path / "b/images/00002.png").read_bytes()
+    assert not has_masks(load_coco(tmp_path / "a/annotations.json"))
+
+
+def _set(kind, value):
+    def change(data):
+        data["annotations"][first_of(data, kind)]["segmentation"] = value
+
+    return change
+
+
+def _update(kind, **fields):
+    def change(data):
+        data["annotations"][first_of(data, kind)].update(fields)
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (_set("polygon", []), r"annotations\[\d+\] \(id \d+\) has an empty 'segmentation' \(no polygons\)"),
+        (_set("polygon", [[1, 1, 5, 5]]), r"segmentation polygon 0 has 2 points; a polygon needs at least 3"),
+        (_set("polygon", [[1, 1, 5, 5, 9]]), r"segmentation polygon 0 must be a flat list of x, y numbers"),
+        (_set("polygon", [[1, 1, 5, 5, 9, "9"]]), r"segmentation polygon 0 must be a flat list of x, y numbers"),
+        (_set("polygon", [[1, 1, 5, 5, 9, 9], []]), r"segmentation polygon 1 has 0 points"),
+        (_set("polygon", [[1, 1, 80, 5, 9, 9]]), r"segmentation polygon 0 has points outside its image images/\d+.png \(64x64\): x in \[1, 80\]"),
+        (_set("polygon", [[1, -5, 5, 5, 9, 9]]), r"points outside its image .* y in \[-5, 9\]"),
+        (_set("polygon", "1 2 3"), r"'segmentation' must be polygons \(a list of lists\) or RLE"),
+        (_set("rle", {"size": [32, 64], "counts": "abc"}), r"RLE segmentation has size \[32, 64\] \(\[height, width\]\) but its image .* is \[64, 64\]"),
+        (_set("rle", {"size": [64], "counts": "abc"}), r"RLE segmentation needs 'size' as \[height, width\]"),
+        (_set("rle", {"size": [64, 64], "counts": ""}), r"compressed RLE segmentation has empty 'counts'"),
+        (_set("rle", {"size": [64, 64], "counts": [10, -1]}), r"'counts' as a string \(compressed\) or a list of non-negative integers"),
+        (_set("rle", {"size": [64, 64], "counts": [10, 20]}), r"uncompressed RLE counts add up to 30 pixels, but size \[64, 64\] has 4096"),
+        (_update("polygon", iscrowd=1), r"is a crowd region \(iscrowd 1\) with polygons; COCO gives crowd regions as RLE"),
+        (_update("rle", iscrowd=2), r"has iscrowd 2; COCO allows 0 \(one object\) or 1 \(a crowd region\)"),
+    ],
+)
+def test_bad_masks_name_the_file_the_annotation_and_the_problem(mask_channel, change, fragment):
+    with pytest.raises(InputDataError, match=r"annotations.json: annotations\[\d+\] \(id \d+\)") as error:
+        load_coco(edit(mask_channel, change))
+    assert re.search(fragment, str(error.value)), str(error.value)
+
+
+def test_a_crowd_region_as_rle_is_valid(mask_channel):
+    dataset = load_coco(edit(mask_channel, _update("rle", iscrowd=1)))
+    assert any(ann["iscrowd"] == 1 for ann in dataset.annotations)
+
+
+def test_a_mask_model_on_a_dataset_without_masks_names_the_annotations(mask_channel):
+    def strip(data):
+        for ann in data["annotations"][:2]:
+            del ann["segmentation"]
+
+    dataset = load_coco(edit(mask_channel, strip))
+    with pytest.raises(InputDataError, match=r"annotations.json: a mask model needs a 'segmentation' \(polygons or RLE\) on every "
+                       r"annotation; 2 of \d+ have none: annotations\[0\] \(id 1\), annotations\[1\] \(id 2\)"):
+        require_masks(dataset, "a mask model")

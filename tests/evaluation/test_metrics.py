@@ -1,4 +1,4 @@
-"""COCO box metrics as fractions that are never NaN, and the evaluation step's document."""
+"""COCO box and mask metrics as fractions that are never NaN, and the evaluation step's document."""
 
 import io
 import json
@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 from detector.data.coco import CocoDataset, load_coco
-from detector.evaluation.metrics import SUMMARY_NAMES, CocoMetrics, _fraction, coco_box_metrics, print_metric_lines
+from detector.evaluation.metrics import (
+    SUMMARY_NAMES,
+    CocoMetrics,
+    _fraction,
+    coco_box_metrics,
+    coco_mask_metrics,
+    encode_masks,
+    instances_to_coco_results,
+    print_metric_lines,
+)
 from detector.evaluation.report import evaluation_document
 from detector.model_dir import Category, LabelMap
 from detector.pipeline_spec import TESTING_AP_PATH
@@ -202,3 +211,83 @@ def test_print_metric_lines():
 def test_print_metric_lines_defaults_to_stdout(capsys):
     print_metric_lines("training", metrics_with())
     assert capsys.readouterr().out.splitlines() == ["training_ap 0.123457", "training_ap50 0.500000", "training_ap75 0.000000"]
+
+
+# -- mask metrics -------------------------------------------------------------------------------------
+
+
+def square_polygon(x, y, w, h):
+    return [[x, y, x + w, y, x + w, y + h, x, y + h]]
+
+
+MASK_ANNOTATIONS = [
+    {**ann, "segmentation": square_polygon(*ann["bbox"]), "area": ann["bbox"][2] * ann["bbox"][3]} for ann in ANNOTATIONS
+]
+
+
+def rle_of(polygons, height=200, width=200):
+    from pycocotools import mask as mask_util
+
+    mask = mask_util.decode(mask_util.merge(mask_util.frPyObjects(polygons, height, width)))
+    return encode_masks(mask[None].astype(bool))[0]
+
+
+def test_mask_metrics_of_the_ground_truth_are_one(tmp_path):
+    data = dataset(tmp_path, MASK_ANNOTATIONS)
+    results = [detection(ann, segmentation=rle_of(ann["segmentation"])) for ann in MASK_ANNOTATIONS]
+    masks = coco_mask_metrics(data, results, LABELS)
+    assert masks.ap == masks.ap50 == masks.ap75 == pytest.approx(1.0)
+    assert coco_box_metrics(data, results, LABELS).ap == pytest.approx(1.0)
+    # pycocotools edits the results it is given; the callers' results stay as they were
+    assert set(results[0]) == {"image_id", "category_id", "bbox", "score", "segmentation"}
+
+
+def test_mask_metrics_judge_the_masks_not_the_boxes(tmp_path):
+    data = dataset(tmp_path, MASK_ANNOTATIONS)
+    # Perfect boxes, masks covering only the left half of each object: IoU 0.5.
+    results = [
+        detection(ann, segmentation=rle_of(square_polygon(ann["bbox"][0], ann["bbox"][1], ann["bbox"][2] / 2, ann["bbox"][3])))
+        for ann in MASK_ANNOTATIONS
+    ]
+    assert coco_box_metrics(data, results, LABELS).ap == pytest.approx(1.0)
+    masks = coco_mask_metrics(data, results, LABELS)
+    assert masks.ap75 == 0.0 and masks.ap50 == pytest.approx(1.0) and masks.ap < 0.2
+    assert_fractions_or_none(masks)
+
+
+def test_no_detections_give_zero_mask_ap_never_nan(tmp_path):
+    masks = coco_mask_metrics(dataset(tmp_path, MASK_ANNOTATIONS), [], LABELS)
+    assert masks.ap == masks.ap50 == masks.ap75 == 0.0
+    assert_fractions_or_none(masks)
+
+
+def test_mask_metric_lines_and_the_evaluation_document_carry_both(tmp_path):
+    data = dataset(tmp_path, MASK_ANNOTATIONS)
+    results = [detection(ann, segmentation=rle_of(ann["segmentation"])) for ann in MASK_ANNOTATIONS]
+    boxes, masks = coco_box_metrics(data, results, LABELS), coco_mask_metrics(data, results, LABELS)
+    stream = io.StringIO()
+    print_metric_lines("testing_mask", masks, stream)
+    assert stream.getvalue().splitlines() == ["testing_mask_ap 1.000000", "testing_mask_ap50 1.000000", "testing_mask_ap75 1.000000"]
+    document = json.loads(json.dumps(evaluation_document(boxes, LABELS, mask_metrics=masks), allow_nan=False))
+    assert document["metrics"]["testing_ap"] == {"value": 1.0} and document["metrics"]["testing_mask_ap"] == {"value": 1.0}
+    assert {"testing_mask_ap50", "testing_mask_ap75", "testing_mask_aps", "testing_mask_apm"} <= set(document["metrics"])
+    assert [c["category_id"] for c in document["per_class_mask_ap"]] == [3, 7, 12]
+    assert "per_class_mask_ap" not in evaluation_document(boxes, LABELS)
+
+
+def test_instances_with_masks_become_rle_results():
+    import torch
+    from detectron2.structures import Boxes, Instances
+    from pycocotools import mask as mask_util
+
+    instances = Instances((20, 30))
+    instances.pred_boxes = Boxes(torch.tensor([[2.0, 3.0, 12.0, 9.0]]))
+    instances.scores = torch.tensor([0.8])
+    instances.pred_classes = torch.tensor([1])
+    mask = torch.zeros(1, 20, 30, dtype=torch.bool)
+    mask[0, 3:9, 2:12] = True
+    instances.pred_masks = mask
+    (result,) = instances_to_coco_results(5, instances, LABELS)
+    assert result["category_id"] == 7 and result["segmentation"]["size"] == [20, 30]
+    assert isinstance(result["segmentation"]["counts"], str)
+    assert (mask_util.decode({**result["segmentation"], "counts": result["segmentation"]["counts"].encode()}) == mask[0].numpy()).all()

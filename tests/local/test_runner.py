@@ -13,6 +13,7 @@ import pytest
 
 from helpers import detector_command, detector_env
 from detector.data.synthetic import generate_channels
+from detector.pipeline_spec import EVALUATION_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -131,3 +132,28 @@ def test_a_failing_step_is_named_with_its_reason_and_log_and_no_traceback(tmp_pa
     assert f"last lines of {log}:" in output
     assert re.search(r"^  Deploy\s+failed", result.stdout, re.M)
     assert "Traceback" not in output
+
+
+def test_the_local_run_gates_a_mask_model_on_testing_mask_ap(tiny_mask_evaluation, tmp_path):
+    """The local runner's condition on the real evaluation.json of a mask model: mask AP, not box AP."""
+    from detector.local.runner import LocalRun, PipelineFailed
+
+    output, _ = tiny_mask_evaluation
+    report = json.loads((output / EVALUATION_FILE).read_text())
+    mask_ap = report["metrics"]["testing_mask_ap"]["value"]
+    lines = []
+    run = LocalRun(tmp_path, {"MinTestingAP": 0.0}, "e1", backend=None, log=lines.append,
+                   hyperparameters={"model": "detector/mask_rcnn_R_18_FPN_128px.yaml"})
+    run.check({"report": report})
+    assert run.metrics["evaluation_testing_mask_ap"] == mask_ap
+    assert run.metrics["evaluation_testing_ap"] == report["metrics"]["testing_ap"]["value"]
+    assert f"  testing_mask_ap {mask_ap:.4f} >= MinTestingAP 0?" in lines
+
+    run.parameters["MinTestingAP"] = 1.0
+    with pytest.raises(PipelineFailed, match=rf"TestingAPTooLow: Model not registered: testing_mask_ap {mask_ap} is below MinTestingAP 1.0"):
+        run.check({"report": report})
+    # Named explicitly, the gate reads box AP even for a mask model.
+    boxes = LocalRun(tmp_path, {"MinTestingAP": 1.0}, "e2", backend=None, log=lines.append,
+                     hyperparameters={"model": "detector/mask_rcnn_R_18_FPN_128px.yaml"}, gate_metric="testing_ap")
+    with pytest.raises(PipelineFailed, match=r"Model not registered: testing_ap [0-9.]+ is below"):
+        boxes.check({"report": report})

@@ -159,6 +159,33 @@ def test_fail_message_states_the_measured_ap_and_the_threshold(definition):
     assert {"Get": "Parameters.MinTestingAP"} in message["Values"]
 
 
+@pytest.fixture(scope="module")
+def mask_definition() -> dict:
+    """The same pipeline for a mask model: `model` (a fixed hyperparameter) names the packaged Mask R-CNN."""
+    from pipeline.definition import pipeline_definition
+
+    return json.loads(pipeline_definition(example.settings(hyperparameters={"model": "detector/mask_rcnn_R_18_FPN_128px.yaml"})))
+
+
+def test_a_mask_model_gates_on_testing_mask_ap_in_the_condition_and_the_fail_message(mask_definition):
+    mask_ap = {"Std:JsonGet": {**TESTING_AP["Std:JsonGet"], "Path": "metrics.testing_mask_ap.value"}}
+    steps = steps_by_name(mask_definition)
+    [condition] = steps[spec.STEP_CHECK]["Arguments"]["Conditions"]
+    assert condition["LeftValue"] == mask_ap and condition["RightValue"] == {"Get": "Parameters.MinTestingAP"}
+    message = steps[spec.STEP_FAIL]["Arguments"]["ErrorMessage"]["Std:Join"]["Values"]
+    assert message == ["Model not registered: testing_mask_ap", mask_ap, "is below MinTestingAP", {"Get": "Parameters.MinTestingAP"}]
+    metrics = steps[spec.STEP_TRAIN]["Arguments"]["AlgorithmSpecification"]["MetricDefinitions"]
+    assert {m["Name"] for m in metrics} == {"training_ap", "testing_ap", "training_mask_ap", "testing_mask_ap"}
+    assert steps[spec.STEP_TRAIN]["Arguments"]["HyperParameters"]["model"] == "detector/mask_rcnn_R_18_FPN_128px.yaml"
+
+
+def test_an_unknown_gate_metric_is_refused_before_anything_is_built():
+    from pipeline.definition import pipeline_definition
+
+    with pytest.raises(spec.PipelineParameterError, match="gate metric 'testing_ap50': expected one of testing_ap, testing_mask_ap"):
+        pipeline_definition(example.settings(), gate_metric="testing_ap50")
+
+
 def test_registration(definition):
     args = steps_by_name(definition)[spec.STEP_REGISTER]["Arguments"]
     assert args["ModelPackageGroupName"] == "detector"

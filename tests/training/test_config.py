@@ -229,19 +229,41 @@ def test_unknown_model_lists_the_kinds_of_config(model):
     assert SMALL_MODEL in str(info.value) and "existing yaml file" in str(info.value)
 
 
-@pytest.mark.parametrize(
-    "model",
-    ["COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml", "COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml"],
-)
-def test_zoo_configs_with_masks_or_keypoints_are_refused(model):
-    with pytest.raises(HyperparameterError, match="needs masks or keypoints; this project trains box detectors"):
+@pytest.mark.parametrize("model", ["COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml"])
+def test_zoo_configs_with_keypoints_are_refused(model):
+    with pytest.raises(HyperparameterError, match="needs keypoints; this project trains box detectors and Mask R-CNN"):
         load_model_config(model)
 
 
-def test_a_yaml_file_based_on_a_mask_config_is_refused_too(tmp_path):
+MASK_MODEL = "detector/mask_rcnn_R_18_FPN_128px.yaml"
+
+
+@pytest.mark.parametrize("model", ["COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml", MASK_MODEL])
+def test_mask_rcnn_configs_load(model):
+    cfg = load_model_config(model)
+    assert cfg.MODEL.MASK_ON and cfg.MODEL.ROI_HEADS.NAME == "StandardROIHeads"
+
+
+def test_packaged_mask_config_is_the_small_box_model_with_a_light_mask_head():
+    assert MASK_MODEL in package_configs()
+    box, mask = load_model_config(SMALL_MODEL), load_model_config(MASK_MODEL)
+    assert mask.MODEL.RESNETS.DEPTH == box.MODEL.RESNETS.DEPTH == 18
+    assert tuple(mask.INPUT.MIN_SIZE_TRAIN) == tuple(box.INPUT.MIN_SIZE_TRAIN) and mask.SOLVER.MAX_ITER == box.SOLVER.MAX_ITER
+    assert mask.MODEL.ROI_MASK_HEAD.CONV_DIM == 64 and mask.MODEL.ROI_MASK_HEAD.NUM_CONV == 2
+
+
+def test_a_yaml_file_based_on_a_mask_config_loads_too(tmp_path):
     from detectron2 import model_zoo
 
     config = tmp_path / "my_mask_rcnn.yaml"
     config.write_text(f"_BASE_: {model_zoo.get_config_file('COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml')}\n")
-    with pytest.raises(HyperparameterError, match="needs masks or keypoints"):
-        load_model_config(str(config))
+    assert load_model_config(str(config)).MODEL.MASK_ON
+
+
+@pytest.mark.parametrize("rle_masks, expected", [(False, "polygon"), (True, "bitmask")])
+def test_rle_masks_make_a_mask_model_read_bitmasks(tmp_path, rle_masks, expected):
+    hyperparameters = Hyperparameters.from_strings({"model": MASK_MODEL, "max_iter": "10"})
+    cfg = build_training_config(hyperparameters, 3, 80, False, tmp_path / "output", rle_masks=rle_masks)
+    assert cfg.INPUT.MASK_FORMAT == expected
+    # box models are left alone
+    assert build_training_config(params(max_iter=10), 3, 80, False, tmp_path / "o", rle_masks=True).INPUT.MASK_FORMAT == "polygon"

@@ -217,3 +217,51 @@ def test_a_checkpoint_written_in_fp32_resumes_in_bf16(tmp_path):
     assert "Precision: bf16 on cpu" in resumed.output and "at iteration 4 of 8" in resumed.output
     metrics = json.loads((base / "model" / "metrics.json").read_text())
     assert metrics["precision"] == {"precision": "bf16", "setting": "bf16", "device": "cpu", "channels_last": True}
+
+
+MASK_LINE = re.compile(r"^(training|testing)_mask_(ap|ap50|ap75) ([0-9.]+)$", re.M)
+
+
+def test_a_mask_model_prints_mask_lines_and_writes_both_metric_sets(tiny_mask_model):
+    base, output = tiny_mask_model
+    found = {(channel, name): float(value) for channel, name, value in MASK_LINE.findall(output)}
+    assert set(found) == {(c, n) for c in ("training", "testing") for n in ("ap", "ap50", "ap75")}
+    assert all(0.0 <= v <= 1.0 for v in found.values())
+    assert set(dict(METRIC_LINE.findall(output))) == {"training", "testing"}, "the box lines are still there"
+    assert "nan" not in " ".join(line for line in output.splitlines() if "_ap" in line).lower()
+    assert "INPUT.MASK_FORMAT polygon -> bitmask" in output  # the synthetic circles are RLE
+    metrics = json.loads((base / "model" / "metrics.json").read_text())
+    for channel in ("training", "testing"):
+        assert metrics[f"{channel}_mask"]["ap"] == pytest.approx(found[(channel, "ap")], abs=1e-6)
+        assert set(metrics[f"{channel}_mask"]["per_class_ap"]) == set(metrics[channel]["per_class_ap"]) == {"3", "7", "12"}
+        assert 0.0 <= metrics[channel]["ap"] <= 1.0
+    assert metrics["training_mask"]["num_images"] == 4  # training_eval_images
+
+
+def test_a_mask_model_resumes_mid_run(tiny_mask_model, tmp_path):
+    """A restarted job (Spot) with only the mid-run checkpoint trains the rest and evaluates masks."""
+    import shutil
+
+    finished, _ = tiny_mask_model
+    base = tmp_path / "job"
+    shutil.copytree(finished, base, ignore=shutil.ignore_patterns("model"))
+    (base / "checkpoints" / "checkpoint_00000030.pth").unlink()
+    assert checkpoints(base) == ["checkpoint_00000020.pth"]
+    resumed = run_training(base)
+    assert resumed.process.returncode == 0, resumed.output[-3000:]
+    assert "Resuming from" in resumed.output and "at iteration 20 of 30" in resumed.output
+    assert re.search(r"iter: 29\b", resumed.output) and not re.search(r"iter: 14\b", resumed.output)
+    assert len(MASK_LINE.findall(resumed.output)) == 6
+    assert "testing_mask" in json.loads((base / "model" / "metrics.json").read_text())
+
+
+def test_a_mask_model_on_data_without_masks_fails_naming_the_file(tmp_path):
+    from helpers import tiny_mask_hyperparameters
+
+    base = write_training_job(tmp_path, tiny_mask_hyperparameters(max_iter=2), train_images=2, test_images=1)
+    job = run_training(base)
+    assert job.process.returncode == 1
+    reason = (base / "output" / "failure").read_text()
+    assert "training/annotations.json: hyperparameter 'model'='detector/mask_rcnn_R_18_FPN_128px.yaml' (a mask model) needs a " \
+           "'segmentation' (polygons or RLE) on every annotation" in reason
+    assert "Traceback" not in job.output

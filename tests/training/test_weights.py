@@ -22,10 +22,10 @@ SMALL = "detector/faster_rcnn_R_18_FPN_128px.yaml"
 LABELS = LabelMap.from_categories([Category(3, "circle"), Category(7, "square"), Category(12, "triangle")])
 
 
-def build(num_classes: int = 3, seed: int = 0):
+def build(num_classes: int = 3, seed: int = 0, config: str = SMALL):
     from detectron2.modeling import build_model
 
-    cfg = load_model_config(SMALL)
+    cfg = load_model_config(config)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
     torch.manual_seed(seed)
@@ -274,3 +274,20 @@ def test_an_s3_uri_is_downloaded_with_the_jobs_credentials(tmp_path, monkeypatch
         assert path.read_bytes() == b"pickled" and path.name == "R-18.pkl"
         with pytest.raises(W.WeightsError, match=r"cannot download the starting weights s3://weights/missing.pkl .*weights=none"):
             W.download("s3://weights/missing.pkl", tmp_path / "cache", backoff=0.01)
+
+
+MASK_CLS = "roi_heads.mask_head.predictor.weight"
+
+
+def test_a_mask_model_fine_tunes_from_another_mask_model_without_its_class_heads(tmp_path):
+    """Mask R-CNN's mask predictor is per class too: from a model with other categories it starts fresh."""
+    mask_config = "detector/mask_rcnn_R_18_FPN_128px.yaml"
+    source = build(seed=1, config=mask_config)
+    theirs = LabelMap.from_categories([Category(1, "cat"), Category(2, "dog"), Category(5, "bird")])
+    save_model(tmp_path / "model", source.state_dict(), "", theirs, {})
+    target = build(seed=2, config=mask_config)
+    before = target.state_dict()[MASK_CLS].clone()
+    summary = W.load_weights(target, tmp_path / "model", "earlier model", LABELS)
+    assert any(k.startswith("roi_heads.mask_head.predictor.") for k in summary.dropped_class_heads)
+    assert torch.equal(target.state_dict()[MASK_CLS], before)
+    assert same(source, target, STEM) and same(source, target, "roi_heads.mask_head.mask_fcn1.weight")

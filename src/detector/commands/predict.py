@@ -18,6 +18,8 @@ def add_arguments(parser) -> None:
                         help="options as in the X-Amzn-SageMaker-Custom-Attributes header, e.g. score_threshold=0.3,max_detections=20")
     parser.add_argument("--accept", default=None, help="response type: application/json (default) or application/x-coco")
     parser.add_argument("--output", type=Path, default=None, help="write the responses here instead of printing them")
+    parser.add_argument("--visualize", type=Path, default=None, metavar="DIR",
+                        help="also write DIR/<file>.png per image (DIR/<file>_<i>.png for a batch): boxes, labels and masks drawn on it")
     parser.epilog = "Prints one line of JSON per file, in order: the body /invocations answers for that file."
 
 
@@ -25,8 +27,9 @@ def content_type_of(path: Path) -> str:
     return CONTENT_TYPES.get(path.suffix.lower(), "application/x-image")
 
 
-def predict_files(handler, model, files: list[Path], custom_attributes: str | None, accept: str | None):
-    """Yields (file, response body or None, error message or None) in order."""
+def predict_files(handler, model, files: list[Path], custom_attributes: str | None, accept: str | None, visualize: Path | None = None):
+    """Yields (file, response body or None, error message or None) in order; with ``visualize``, writes
+    each image's overlay PNG into that folder."""
     from ..serving.request_errors import RequestError
 
     response_type = handler.response_type(accept)
@@ -38,10 +41,22 @@ def predict_files(handler, model, files: list[Path], custom_attributes: str | No
             continue
         try:
             request = handler.decode(body, content_type_of(path), custom_attributes)
-            response, _ = handler.output_fn(handler.predict_fn(request, model), response_type)
+            result = handler.predict_fn(request, model)
+            response, _ = handler.output_fn(result, response_type)
+            if visualize is not None:
+                write_overlays(visualize, path, request.decoded.images, result.detections, result.batch)
             yield path, response, None
         except RequestError as e:
             yield path, None, e.message
+
+
+def write_overlays(folder: Path, path: Path, images, detections, batch: bool) -> None:
+    from ..serving.encoding import overlay_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, (image, found) in enumerate(zip(images, detections)):
+        name = f"{path.stem}_{index}.png" if batch else f"{path.stem}.png"
+        overlay_image(image, found).save(folder / name)
 
 
 def run(args) -> int:
@@ -67,7 +82,7 @@ def run(args) -> int:
     out = open(args.output, "wb") if args.output else sys.stdout.buffer
     failed = 0
     try:
-        for path, response, error in predict_files(handler, model, args.files, args.custom_attributes, args.accept):
+        for path, response, error in predict_files(handler, model, args.files, args.custom_attributes, args.accept, args.visualize):
             if error is not None:
                 failed += 1
                 print(f"ERROR: {path}: {error}", file=sys.stderr, flush=True)

@@ -14,15 +14,17 @@ def add_arguments(parser) -> None:
                         help="also write OUTPUT/testing with this many images; the first channel goes to OUTPUT/training")
     parser.add_argument("--size", type=int, default=256, help="image width and height in pixels (default 256)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--masks", action="store_true",
+                        help="also write each shape's mask as 'segmentation' (polygons, and RLE for the circles)")
 
 
 def run(args) -> int:
     from ..data.synthetic import generate, generate_channels
 
     if args.test_images is None:
-        path = generate(args.output, args.images, args.size, args.seed)
+        path = generate(args.output, args.images, args.size, args.seed, masks=args.masks)
         print(path)
     else:
-        for name, path in generate_channels(args.output, args.images, args.test_images, args.size, args.seed).items():
+        for name, path in generate_channels(args.output, args.images, args.test_images, args.size, args.seed, masks=args.masks).items():
             print(f"{name}: {path}")
     return 0

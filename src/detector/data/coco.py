@@ -180,8 +180,95 @@ def _validate_annotations(path: Path, raw: list, images: dict[int, dict], catego
                 f"{where} has box {bbox} outside its image {image['file_name']} "
                 f"({image['width']}x{image['height']})"
             )
+        iscrowd = ann.get("iscrowd", 0)
+        if iscrowd not in (0, 1) or isinstance(iscrowd, bool):
+            raise InputDataError(f"{where} has iscrowd {iscrowd!r}; COCO allows 0 (one object) or 1 (a crowd region)")
+        if "segmentation" in ann:
+            _validate_segmentation(where, ann["segmentation"], image, iscrowd)
         annotations.append(ann)
     return annotations
+
+
+def _validate_segmentation(where: str, segmentation: object, image: dict, iscrowd: int) -> None:
+    """COCO's three mask encodings: polygons (a list of [x1, y1, x2, y2, ...] lists), uncompressed RLE
+    (``{"size": [h, w], "counts": [ints]}``) and compressed RLE (``counts`` a string). Crowd regions
+    (``iscrowd`` 1) are RLE, as in COCO."""
+    width, height = image["width"], image["height"]
+    of_image = f"its image {image['file_name']} ({width}x{height})"
+    if isinstance(segmentation, list):
+        if iscrowd:
+            raise InputDataError(f"{where} is a crowd region (iscrowd 1) with polygons; COCO gives crowd regions as RLE")
+        if not segmentation:
+            raise InputDataError(f"{where} has an empty 'segmentation' (no polygons)")
+        t = BOX_TOLERANCE_PX
+        for k, polygon in enumerate(segmentation):
+            if not isinstance(polygon, list) or not all(_is_number(v) for v in polygon) or len(polygon) % 2:
+                raise InputDataError(
+                    f"{where}: segmentation polygon {k} must be a flat list of x, y numbers [x1, y1, x2, y2, ...], "
+                    f"got {_short(polygon)}"
+                )
+            if len(polygon) < 6:
+                raise InputDataError(
+                    f"{where}: segmentation polygon {k} has {len(polygon) // 2} points; a polygon needs at least 3"
+                )
+            xs, ys = polygon[0::2], polygon[1::2]
+            if min(xs) < -t or min(ys) < -t or max(xs) > width + t or max(ys) > height + t:
+                raise InputDataError(
+                    f"{where}: segmentation polygon {k} has points outside {of_image}: "
+                    f"x in [{min(xs):g}, {max(xs):g}], y in [{min(ys):g}, {max(ys):g}]"
+                )
+        return
+    if isinstance(segmentation, dict):
+        size, counts = segmentation.get("size"), segmentation.get("counts")
+        if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) for v in size):
+            raise InputDataError(f"{where}: RLE segmentation needs 'size' as [height, width], got {_short(size)}")
+        if size != [height, width]:
+            raise InputDataError(
+                f"{where}: RLE segmentation has size {size} ([height, width]) but {of_image} is [{height}, {width}]"
+            )
+        if isinstance(counts, str):
+            if not counts:
+                raise InputDataError(f"{where}: compressed RLE segmentation has empty 'counts'")
+            return
+        if not isinstance(counts, list) or not all(_is_int(v) and v >= 0 for v in counts):
+            raise InputDataError(
+                f"{where}: RLE segmentation needs 'counts' as a string (compressed) or a list of non-negative "
+                f"integers (uncompressed), got {_short(counts)}"
+            )
+        if sum(counts) != height * width:
+            raise InputDataError(
+                f"{where}: uncompressed RLE counts add up to {sum(counts)} pixels, but size {size} has {height * width}"
+            )
+        return
+    raise InputDataError(
+        f"{where}: 'segmentation' must be polygons (a list of lists) or RLE ({{'size', 'counts'}}), got {_short(segmentation)}"
+    )
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def has_masks(dataset: CocoDataset) -> bool:
+    return any("segmentation" in ann for ann in dataset.annotations)
+
+
+def has_rle_masks(dataset: CocoDataset) -> bool:
+    """Whether an object to train on (not a crowd region) has an RLE mask (detectron2 reads those as bitmasks)."""
+    return any(isinstance(ann.get("segmentation"), dict) and not ann.get("iscrowd", 0) for ann in dataset.annotations)
+
+
+def require_masks(dataset: CocoDataset, why: str) -> None:
+    """Fail naming the annotations of ``dataset`` that have no ``segmentation`` (a mask model needs them all)."""
+    missing = [i for i, ann in enumerate(dataset.annotations) if "segmentation" not in ann]
+    if missing:
+        listed = ", ".join(f"annotations[{i}] (id {dataset.annotations[i].get('id')})" for i in missing[:_MAX_LISTED])
+        more = " ..." if len(missing) > _MAX_LISTED else ""
+        raise InputDataError(
+            f"{dataset.json_path}: {why} needs a 'segmentation' (polygons or RLE) on every annotation; "
+            f"{len(missing)} of {len(dataset.annotations)} have none: {listed}{more}"
+        )
 
 
 def _check_image_files(dataset: CocoDataset) -> None:

@@ -27,12 +27,22 @@ def to_detectron2_dicts(dataset: CocoDataset, labels: LabelMap) -> list[dict]:
                         "bbox_mode": BoxMode.XYWH_ABS,
                         "category_id": index_of[ann["category_id"]],
                         "iscrowd": int(ann.get("iscrowd", 0)),
+                        **({"segmentation": _segmentation(ann["segmentation"])} if "segmentation" in ann else {}),
                     }
                     for ann in grouped[image["id"]]
                 ],
             }
         )
     return records
+
+
+def _segmentation(segmentation):
+    """Polygons as they are; RLE compressed (detectron2 decodes compressed RLE only)."""
+    if isinstance(segmentation, dict) and isinstance(segmentation["counts"], list):
+        from pycocotools import mask as mask_util
+
+        return mask_util.frPyObjects(segmentation, *segmentation["size"])
+    return segmentation
 
 
 def register_dataset(name: str, records: list[dict], labels: LabelMap, json_file: str) -> None:

@@ -2,6 +2,10 @@
 
 Category ids are deliberately not contiguous (3, 7, 12) so every consumer must keep the dataset's
 own ids. Objects are sized relative to the image so they survive resizing.
+
+With ``masks``, every annotation also gets the drawn shape as its ``segmentation``: polygons for the
+squares and triangles, RLE for the circles (compressed for even annotation ids, uncompressed for odd
+ones), so all three COCO encodings are exercised. The images are the same with or without masks.
 """
 
 from __future__ import annotations
@@ -26,6 +30,31 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float,
         draw.polygon([((x1 + x2) / 2, y1), (x2, y2), (x1, y2)], fill=color)
 
 
+def _polygon(shape: str, box: tuple[float, float, float, float]) -> list[float]:
+    x1, y1, x2, y2 = box
+    points = [(x1, y1), (x2, y1), (x2, y2), (x1, y2)] if shape == "square" else [((x1 + x2) / 2, y1), (x2, y2), (x1, y2)]
+    return [round(v, 2) for point in points for v in point]
+
+
+def _rle(shape: str, box, width: int, height: int, compressed: bool) -> dict:
+    """The shape as drawn, as COCO RLE (``counts`` run lengths in column-major order, starting with 0s)."""
+    canvas = Image.new("L", (width, height), 0)
+    _draw(ImageDraw.Draw(canvas), shape, box, 1)
+    mask = np.asarray(canvas, dtype=np.uint8)
+    if compressed:
+        from pycocotools import mask as mask_util
+
+        rle = mask_util.encode(np.asfortranarray(mask))
+        return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+    flat = mask.flatten(order="F")
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat[0] == 1:
+        counts = [0] + counts
+    return {"size": [height, width], "counts": counts}
+
+
 def _overlaps(box, boxes, limit: float = 0.3) -> bool:
     x1, y1, x2, y2 = box
     for a1, b1, a2, b2 in boxes:
@@ -42,6 +71,7 @@ def generate(
     seed: int = 0,
     max_objects: int = 4,
     image_format: str = "png",
+    masks: bool = False,
 ) -> Path:
     """Write ``num_images`` images and ``annotations.json`` into ``output``; returns the json path."""
     rng = np.random.default_rng(seed)
@@ -70,16 +100,22 @@ def generate(
             color = tuple(int(c) for c in (255 - base + rng.integers(-30, 30, size=3)) % 256)
             _draw(draw, category["name"], box, color)
             boxes.append(box)
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": index + 1,
-                    "category_id": category["id"],
-                    "bbox": [round(box[0], 2), round(box[1], 2), round(side, 2), round(side, 2)],
-                    "area": round(side * side, 2),
-                    "iscrowd": 0,
-                }
-            )
+            annotation = {
+                "id": len(annotations) + 1,
+                "image_id": index + 1,
+                "category_id": category["id"],
+                "bbox": [round(box[0], 2), round(box[1], 2), round(side, 2), round(side, 2)],
+                "area": round(side * side, 2),
+                "iscrowd": 0,
+            }
+            if masks:
+                if category["name"] == "circle":
+                    rle = _rle("circle", box, width, height, compressed=annotation["id"] % 2 == 0)
+                    annotation["segmentation"] = rle
+                else:
+                    annotation["segmentation"] = [_polygon(category["name"], box)]
+                annotation["area"] = _mask_area(annotation["segmentation"], height, width)
+            annotations.append(annotation)
         file_name = f"images/{index:05d}.{image_format}"
         image.save(output / file_name)
         images.append({"id": index + 1, "file_name": file_name, "width": width, "height": height})
@@ -88,9 +124,20 @@ def generate(
     return path
 
 
-def generate_channels(data_dir: Path, train_images: int, test_images: int, image_size: int, seed: int) -> dict[str, Path]:
+def _mask_area(segmentation, height: int, width: int) -> float:
+    from pycocotools import mask as mask_util
+
+    rle = segmentation if isinstance(segmentation, dict) else mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
+    if isinstance(rle.get("counts"), list):
+        rle = mask_util.frPyObjects(rle, height, width)
+    return float(mask_util.area(rle))
+
+
+def generate_channels(
+    data_dir: Path, train_images: int, test_images: int, image_size: int, seed: int, masks: bool = False
+) -> dict[str, Path]:
     """``training`` and ``testing`` channels under ``data_dir`` (SageMaker's ``input/data``)."""
     return {
-        "training": generate(data_dir / "training", train_images, image_size, seed).parent,
-        "testing": generate(data_dir / "testing", test_images, image_size, seed + 1_000_003).parent,
+        "training": generate(data_dir / "training", train_images, image_size, seed, masks=masks).parent,
+        "testing": generate(data_dir / "testing", test_images, image_size, seed + 1_000_003, masks=masks).parent,
     }

@@ -7,13 +7,13 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ..data.coco import find_annotation_file, load_coco, require_categories_within
+from ..data.coco import find_annotation_file, load_coco, require_categories_within, require_masks
 from ..data.loaders import build_test_loader, to_detectron2_dicts
 from ..errors import ModelDirectoryError
 from ..model_dir import WEIGHTS_FILE, extract_model_archive
 from ..pipeline_spec import EVALUATION_FILE, EVALUATION_PLOT
 from ..predictor import Predictor
-from .metrics import coco_box_metrics, predict_dataset, print_metric_lines
+from .metrics import coco_box_metrics, coco_mask_metrics, predict_dataset, print_metric_lines
 from .report import write_evaluation_json, write_evaluation_plot
 
 logger = logging.getLogger("detector.evaluate")
@@ -52,6 +52,9 @@ def evaluate_model(
         predictor = Predictor.from_model_dir(model_dir, device, precision)
         labels = predictor.labels
         require_categories_within(dataset, labels.dataset_ids, "the model's", model_dir / "labels.json")
+        masks = bool(predictor.cfg.MODEL.MASK_ON)
+        if masks:
+            require_masks(dataset, f"the mask model {model}")
         logger.info(
             "Evaluating %s on %d images of %s; precision %s",
             model, len(dataset.images), dataset.json_path, predictor.precision.describe(),
@@ -62,7 +65,13 @@ def evaluate_model(
         )
     metrics = coco_box_metrics(dataset, detections, labels)
     print_metric_lines("testing", metrics)
-    document = write_evaluation_json(output_dir / EVALUATION_FILE, metrics, labels, predictor.precision.as_json())
-    write_evaluation_plot(output_dir / EVALUATION_PLOT, metrics, labels)
+    mask_metrics = None
+    if masks:
+        mask_metrics = coco_mask_metrics(dataset, detections, labels)
+        print_metric_lines("testing_mask", mask_metrics)
+    document = write_evaluation_json(
+        output_dir / EVALUATION_FILE, metrics, labels, mask_metrics, precision=predictor.precision.as_json()
+    )
+    write_evaluation_plot(output_dir / EVALUATION_PLOT, metrics, labels, mask_metrics)
     logger.info("Wrote %s and %s", output_dir / EVALUATION_FILE, output_dir / EVALUATION_PLOT)
     return document

@@ -1,4 +1,4 @@
-"""COCO box metrics with pycocotools, reported as fractions in [0, 1] and never NaN."""
+"""COCO box and mask metrics with pycocotools, reported as fractions in [0, 1] and never NaN."""
 
 from __future__ import annotations
 
@@ -58,9 +58,24 @@ def _ground_truth(dataset: CocoDataset):
 
 
 def coco_box_metrics(dataset: CocoDataset, results: list[dict], labels: LabelMap) -> CocoMetrics:
-    """Metrics of ``results`` (COCO results format, dataset category ids) against ``dataset``."""
+    """Box metrics of ``results`` (COCO results format, dataset category ids) against ``dataset``."""
+    return coco_metrics(dataset, results, labels, "bbox")
+
+
+def coco_mask_metrics(dataset: CocoDataset, results: list[dict], labels: LabelMap) -> CocoMetrics:
+    """Mask metrics: ``results`` carry ``segmentation`` (RLE), ``dataset`` has masks on every annotation."""
+    return coco_metrics(dataset, results, labels, "segm")
+
+
+def coco_metrics(dataset: CocoDataset, results: list[dict], labels: LabelMap, iou_type: str) -> CocoMetrics:
+    """COCOeval of ``iou_type`` ("bbox" or "segm"). ``results`` are copied: pycocotools edits what it is given."""
     from pycocotools.cocoeval import COCOeval
 
+    if iou_type == "segm":
+        # Without a box, pycocotools takes the area and box of a result from its mask.
+        results = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+    else:
+        results = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
     category_ids = labels.dataset_ids
     if not results:
         # Nothing found: AP 0 wherever there was something to find; None (as below) where there was not.
@@ -78,7 +93,7 @@ def coco_box_metrics(dataset: CocoDataset, results: list[dict], labels: LabelMap
     gt = _ground_truth(dataset)
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
-        evaluator = COCOeval(gt, dt, "bbox")
+        evaluator = COCOeval(gt, dt, iou_type)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -108,14 +123,15 @@ def coco_box_metrics(dataset: CocoDataset, results: list[dict], labels: LabelMap
 
 
 def instances_to_coco_results(image_id: int, instances, labels: LabelMap) -> list[dict]:
-    """detectron2 Instances (original image coordinates) as COCO results with dataset category ids."""
+    """detectron2 Instances (original image coordinates) as COCO results with dataset category ids;
+    a mask model's results also carry ``segmentation`` as compressed RLE."""
     if len(instances) == 0:
         return []
     boxes = instances.pred_boxes.tensor.detach().cpu().float().numpy()
     scores = instances.scores.detach().cpu().float().numpy().tolist()
     classes = instances.pred_classes.detach().cpu().numpy().tolist()
     ids = labels.dataset_ids
-    return [
+    results = [
         {
             "image_id": image_id,
             "category_id": ids[c],
@@ -124,6 +140,22 @@ def instances_to_coco_results(image_id: int, instances, labels: LabelMap) -> lis
         }
         for (x1, y1, x2, y2), s, c in zip(boxes, scores, classes)
     ]
+    if instances.has("pred_masks"):
+        for result, rle in zip(results, encode_masks(instances.pred_masks)):
+            result["segmentation"] = rle
+    return results
+
+
+def encode_masks(masks) -> list[dict]:
+    """Boolean masks (N x H x W, a tensor or an array) as COCO compressed RLE with text ``counts``."""
+    from pycocotools import mask as mask_util
+
+    if hasattr(masks, "detach"):
+        masks = masks.detach().cpu().numpy()
+    if len(masks) == 0:
+        return []
+    encoded = mask_util.encode(np.asfortranarray(np.moveaxis(np.asarray(masks, dtype=np.uint8), 0, -1)))
+    return [{"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in encoded]
 
 
 class EvaluationInterrupted(Exception):
@@ -163,7 +195,8 @@ def predict_dataset(model, loader, labels: LabelMap, should_stop=None, precision
 
 
 def print_metric_lines(prefix: str, metrics: CocoMetrics, stream=None) -> None:
-    """``<prefix>_ap 0.6123`` etc.: the lines the pipeline's metric regexes capture."""
+    """``<prefix>_ap 0.6123`` etc.: the lines the pipeline's metric regexes capture (mask metrics
+    with the prefix ``training_mask`` / ``testing_mask``)."""
     stream = stream or sys.stdout
     for name in ("ap", "ap50", "ap75"):
         print(f"{prefix}_{name} {getattr(metrics, name):.6f}", file=stream, flush=True)

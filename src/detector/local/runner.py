@@ -84,6 +84,8 @@ class LocalRun:
     keep_serving: bool = False
     progress: str = "bar"  # "bar" (a terminal), "lines" (plain lines for logs) or "none"
     hyperparameters: dict[str, str] = field(default_factory=lambda: dict(LOCAL_HYPERPARAMETERS))
+    # The metric the gate compares with MinTestingAP (spec.GATE_METRICS); None: the model's default.
+    gate_metric: str | None = None
     log: Callable[[str], None] = print
     steps: list[StepRecord] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -244,12 +246,17 @@ class LocalRun:
         return {"path": path, "report": evaluation}
 
     def check(self, evaluation: dict) -> None:
-        testing_ap = json_get(evaluation["report"], spec.TESTING_AP_PATH)
+        metric = self.gate_metric or spec.gate_metric_for(self.hyperparameters.get("model"))
+        testing_ap = json_get(evaluation["report"], spec.gate_metric_path(metric))
         threshold = float(self.parameters["MinTestingAP"])
-        self.metrics["evaluation_testing_ap"] = testing_ap
-        self.log(f"  testing_ap {testing_ap:.4f} >= MinTestingAP {threshold:g}?")
+        self.metrics[f"evaluation_{metric}"] = testing_ap
+        for other in spec.GATE_METRICS:
+            if other != metric and other in evaluation["report"].get("metrics", {}):
+                self.metrics[f"evaluation_{other}"] = json_get(evaluation["report"], spec.gate_metric_path(other))
+                self.log(f"  {other} {self.metrics[f'evaluation_{other}']:.4f}")
+        self.log(f"  {metric} {testing_ap:.4f} >= MinTestingAP {threshold:g}?")
         if not testing_ap >= threshold:
-            raise PipelineFailed(f"step {spec.STEP_FAIL}: {spec.fail_message(testing_ap, threshold)}")
+            raise PipelineFailed(f"step {spec.STEP_FAIL}: {spec.fail_message(testing_ap, threshold, metric)}")
 
     def register(self, model_archive: Path, evaluation: dict) -> ModelPackage:
         registry = LocalModelRegistry(self.root / "registry")
@@ -334,7 +341,7 @@ class LocalRun:
         self.log(f"Summary of execution {self.execution_id}")
         for record in self.steps:
             self.log(f"  {record.name:<16} {record.status:<10} {record.seconds:7.1f} s")
-        for name in ("training_ap", "testing_ap", "evaluation_testing_ap"):
+        for name in ("training_ap", "testing_ap", "evaluation_testing_ap", "evaluation_testing_mask_ap"):
             if name in self.metrics:
                 self.log(f"  {name:<22} {self.metrics[name]:.4f}")
         if self.package is not None:

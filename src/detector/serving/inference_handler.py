@@ -35,6 +35,7 @@ class InferenceResult:
     detections: list[list[Detection]]
     sizes: list[tuple[int, int]]  # (width, height) of each original image
     batch: bool
+    masks: str = "rle"  # how a mask model's masks are encoded: rle, polygon or none
 
 
 def request_header(context, name: str, index: int = 0) -> str | None:
@@ -72,7 +73,7 @@ class InferenceHandler:
         self.settings = settings
         self.limits = DecodeLimits(settings.max_image_pixels, settings.max_batch_images, settings.max_payload_bytes,
                                    settings.max_request_pixels)
-        self.defaults = InferenceOptions(settings.score_threshold, settings.max_detections)
+        self.defaults = InferenceOptions(settings.score_threshold, settings.max_detections, settings.mask_format)
 
     def model_fn(self, model_dir: str | Path, context=None) -> Predictor:
         """Load and warm up the model directory written by ``detector train`` (on the worker's GPU, if any)."""
@@ -106,7 +107,7 @@ class InferenceHandler:
         images = data.decoded.images
         detections = model.predict(images, data.options.score_threshold, data.options.max_detections)
         sizes = [(image.shape[1], image.shape[0]) for image in images]
-        return InferenceResult(detections, sizes, data.decoded.batch)
+        return InferenceResult(detections, sizes, data.decoded.batch, data.options.masks)
 
     def response_type(self, accept: str | None) -> str:
         """The negotiated response type; raises ``NotAcceptable`` (406)."""
@@ -114,4 +115,5 @@ class InferenceHandler:
 
     def output_fn(self, prediction: InferenceResult, accept: str | None, context=None) -> tuple[bytes, str]:
         response_type = self.response_type(accept)
-        return encode_predictions(prediction.detections, prediction.sizes, prediction.batch, response_type), response_type
+        body = encode_predictions(prediction.detections, prediction.sizes, prediction.batch, response_type, prediction.masks)
+        return body, response_type

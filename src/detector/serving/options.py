@@ -1,8 +1,9 @@
 """Per-request options from SageMaker's ``X-Amzn-SageMaker-Custom-Attributes`` header.
 
 The header is ``name=value`` pairs separated by commas (or semicolons), for example
-``score_threshold=0.5,max_detections=100``. Missing options take the container's defaults
-(``DETECTOR_SCORE_THRESHOLD``, ``DETECTOR_MAX_DETECTIONS``).
+``score_threshold=0.5,max_detections=100,masks=polygon``. Missing options take the container's defaults
+(``DETECTOR_SCORE_THRESHOLD``, ``DETECTOR_MAX_DETECTIONS``, ``DETECTOR_MASK_FORMAT``). ``masks`` (``rle``,
+``polygon`` or ``none``) only changes the answers of a mask model.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from ..environment import MASK_FORMATS
 from .request_errors import BadRequest
 
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
@@ -19,6 +21,7 @@ CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 class InferenceOptions:
     score_threshold: float = 0.5
     max_detections: int = 100
+    masks: str = "rle"
 
 
 def _score_threshold(raw: str) -> float:
@@ -35,10 +38,17 @@ def _max_detections(raw: str) -> int:
     return value
 
 
+def _masks(raw: str) -> str:
+    if raw.lower() not in MASK_FORMATS:
+        raise ValueError
+    return raw.lower()
+
+
 # name -> (parser, what a valid value looks like)
 _OPTIONS = {
     "score_threshold": (_score_threshold, "a number between 0 and 1"),
     "max_detections": (_max_detections, "a whole number of at least 1"),
+    "masks": (_masks, " or ".join(MASK_FORMATS)),
 }
 
 

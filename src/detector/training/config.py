@@ -32,11 +32,11 @@ def package_configs() -> list[str]:
 
 
 def load_model_config(model: str):
-    """The detectron2 CfgNode named by the ``model`` hyperparameter (box detectors only)."""
+    """The detectron2 CfgNode named by the ``model`` hyperparameter (box detectors and Mask R-CNN)."""
     cfg = _read_model_config(model)
-    if cfg.MODEL.MASK_ON or cfg.MODEL.KEYPOINT_ON:
+    if cfg.MODEL.KEYPOINT_ON:
         raise HyperparameterError(
-            f"hyperparameter 'model'={model!r} needs masks or keypoints; this project trains box detectors"
+            f"hyperparameter 'model'={model!r} needs keypoints; this project trains box detectors and Mask R-CNN"
         )
     return cfg
 
@@ -84,8 +84,12 @@ def build_training_config(
     output_dir: Path,
     channels: Mapping[str, Path] | None = None,
     world_size: int = 1,
+    rle_masks: bool = False,
 ):
     """The complete, frozen config of a training run.
+
+    ``rle_masks``: the training data has RLE masks, which detectron2 reads only as bitmasks, so a mask
+    model's ``INPUT.MASK_FORMAT`` becomes ``bitmask``.
 
     ``MODEL.WEIGHTS`` ends up as where training starts (a URL, an absolute path, or "" for from
     scratch; see :mod:`detector.training.weights`); nothing is downloaded here."""
@@ -130,6 +134,9 @@ def build_training_config(
         cfg.MODEL.WEIGHTS = resolve_source(None, cfg.MODEL.WEIGHTS, {} if in_opts else dict(channels or {}))
     if not cfg.MODEL.WEIGHTS:
         adjust_for_scratch(cfg, use_gpu and world_size > 1)
+    if cfg.MODEL.MASK_ON and rle_masks and cfg.INPUT.MASK_FORMAT != "bitmask":
+        logger.info("The training data has RLE masks: INPUT.MASK_FORMAT %s -> bitmask", cfg.INPUT.MASK_FORMAT)
+        cfg.INPUT.MASK_FORMAT = "bitmask"
     if cfg.SOLVER.MAX_ITER <= 0:
         raise HyperparameterError(f"the run length must be positive, got SOLVER.MAX_ITER={cfg.SOLVER.MAX_ITER}")
     if any(step >= cfg.SOLVER.MAX_ITER for step in cfg.SOLVER.STEPS):

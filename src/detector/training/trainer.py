@@ -11,11 +11,11 @@ import logging
 import time
 from dataclasses import dataclass
 
-from ..data.coco import CocoDataset, find_annotation_file, load_coco, require_categories_within
+from ..data.coco import CocoDataset, find_annotation_file, has_rle_masks, load_coco, require_categories_within, require_masks
 from ..data.loaders import build_test_loader, build_train_loader, register_dataset, to_detectron2_dicts
 from ..environment import TrainingEnvironment
 from ..errors import CheckpointError, InputDataError
-from ..evaluation.metrics import CocoMetrics, coco_box_metrics, predict_dataset, print_metric_lines
+from ..evaluation.metrics import CocoMetrics, coco_box_metrics, coco_mask_metrics, predict_dataset, print_metric_lines
 from ..model_dir import LabelMap, save_model
 from .checkpoint import CheckpointStore, fingerprint_digest
 from .config import TEST_DATASET, TRAIN_DATASET, build_training_config, training_precision
@@ -106,7 +106,12 @@ class Trainer:
             output_dir=env.checkpoint_dir,
             channels=env.channels,
             world_size=rank.world_size,
+            rle_masks=has_rle_masks(self.channels.training),
         )
+        if self.cfg.MODEL.MASK_ON:
+            for dataset in (self.channels.training, self.channels.testing):
+                if dataset is not None:
+                    require_masks(dataset, f"hyperparameter 'model'={params.model!r} (a mask model)")
         if self.cfg.SOLVER.IMS_PER_BATCH % rank.world_size:
             raise InputDataError(
                 f"hyperparameter 'batch_size'={self.cfg.SOLVER.IMS_PER_BATCH} must be divisible by the number "
@@ -257,6 +262,10 @@ class Trainer:
                 metrics = coco_box_metrics(dataset, detections, self.labels)
                 print_metric_lines(prefix, metrics)
                 results[prefix] = _metrics_json(metrics)
+                if self.cfg.MODEL.MASK_ON:
+                    mask_metrics = coco_mask_metrics(dataset, detections, self.labels)
+                    print_metric_lines(f"{prefix}_mask", mask_metrics)
+                    results[f"{prefix}_mask"] = _metrics_json(mask_metrics)
         return results
 
     def save_model(self, model, metrics: dict) -> None:

@@ -41,7 +41,7 @@ WEIGHT_SUFFIXES = (".pkl", ".pth", ".pt")
 # A file that fills less than this share of the model's tensors is for another architecture.
 MIN_LOADED_SHARE = 0.25
 # Tensors that depend on the categories: left at their initial values when a warm start's categories differ.
-CLASS_HEAD_PREFIXES = ("roi_heads.box_predictor.", "head.cls_score.")
+CLASS_HEAD_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_head.predictor.", "head.cls_score.")
 NOT_COUNTED = ("num_batches_tracked", "pixel_mean", "pixel_std")
 
 
