@@ -61,3 +61,17 @@ def test_coco_results_format():
         {"image_id": 0, "category_id": 12, "bbox": [1.0, 2.0, 10.5, 20.25], "score": 0.9},
         {"image_id": 1, "category_id": 3, "bbox": [0.0, 0.0, 5.0, 5.0], "score": 0.4},
     ]
+
+
+def test_json_lines_answer_one_line_per_image_or_record():
+    from detector.serving.encoding import JSONLINES_TYPE, encode_json_lines
+
+    assert negotiate("application/jsonlines") == JSONLINES_TYPE
+    body = encode_predictions([DETECTIONS, []], [(40, 30), (8, 8)], True, JSONLINES_TYPE)
+    lines = body.decode().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        json.loads(encode_predictions([DETECTIONS], [(40, 30)], False, JSON_TYPE)), {"detections": [], "image": {"width": 8, "height": 8}},
+    ]
+    records = encode_json_lines([(DETECTIONS, (40, 30)), "line 2: not valid base64", ([], (8, 8))]).decode()
+    assert records.endswith("\n") and [json.loads(line) for line in records.splitlines()][1] == {"error": "line 2: not valid base64"}
+    assert json.loads(records.splitlines()[0]) == json.loads(lines[0])

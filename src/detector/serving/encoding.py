@@ -7,6 +7,10 @@ a batch answers ``{"predictions": [<that object per image, in request order>]}``
 ``application/x-coco``: COCO's results format, a list of
 ``{"image_id": i, "category_id": id, "bbox": [x, y, width, height], "score": s}`` where ``i`` is the
 image's index in the request (0 for a single image).
+
+``application/jsonlines``: one line per image, each the one-image JSON object above (or
+``{"error": message}`` for a JSON Lines record that could not be answered), in request order: what a
+Batch Transform job with ``AssembleWith: Line`` joins into its output file.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from .request_errors import NotAcceptable
 
 JSON_TYPE = "application/json"
 COCO_TYPE = "application/x-coco"
-SUPPORTED_ACCEPT = (JSON_TYPE, COCO_TYPE)
+JSONLINES_TYPE = "application/jsonlines"
+SUPPORTED_ACCEPT = (JSON_TYPE, COCO_TYPE, JSONLINES_TYPE)
 
 
 def negotiate(accept: str | None, default: str = JSON_TYPE) -> str:
@@ -82,6 +87,8 @@ def encode_predictions(
     """``results[i]`` are the detections of the image of ``sizes[i]`` = (width, height)."""
     if response_type == COCO_TYPE:
         document: object = coco_results(results)
+    elif response_type == JSONLINES_TYPE:
+        return b"".join(encode_predictions([d], [size], False, JSON_TYPE) + b"\n" for d, size in zip(results, sizes))
     else:
         per_image = [image_result(d, w, h) for d, (w, h) in zip(results, sizes)]
         document = {"predictions": per_image} if batch else per_image[0]
@@ -90,3 +97,11 @@ def encode_predictions(
 
 def encode_error(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
+
+
+def encode_json_lines(answers: Sequence[tuple[Sequence[Detection], tuple[int, int]] | str]) -> bytes:
+    """One line per record, in order: its one-image JSON answer, or ``{"error": message}`` for a string."""
+    return b"".join(
+        (encode_error(answer) if isinstance(answer, str) else encode_predictions([answer[0]], [answer[1]], False, JSON_TYPE)) + b"\n"
+        for answer in answers
+    )
