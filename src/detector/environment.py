@@ -538,9 +538,11 @@ class ServingEnvironment:
         return self.mode != "realtime"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServingEnvironment":
+    def from_env(cls, environ: Mapping[str, str] | None = None, default_mode: str = "realtime") -> "ServingEnvironment":
+        """``default_mode`` applies when neither DETECTOR_SERVING_MODE nor SAGEMAKER_BATCH says otherwise
+        (``detector transform`` scores files offline: ``batch``)."""
         environ = os.environ if environ is None else environ
-        mode = serving_mode(environ)
+        mode = serving_mode(environ, default_mode)
         limits = MODE_LIMITS[mode]
         num_gpus = _gpu_count()
         workers = _int_env(environ, "SAGEMAKER_MODEL_SERVER_WORKERS", None)
@@ -604,16 +606,18 @@ MODE_LIMITS = {
 BATCH_STRATEGIES = ("SINGLE_RECORD", "MULTI_RECORD")
 
 
-def serving_mode(environ: Mapping[str, str]) -> str:
+def serving_mode(environ: Mapping[str, str], default: str = "realtime") -> str:
     """``DETECTOR_SERVING_MODE`` when set, else ``batch`` when SageMaker sets ``SAGEMAKER_BATCH=true``
-    (a transform job), else ``realtime``."""
+    (a transform job), else ``default``."""
     raw = (environ.get("DETECTOR_SERVING_MODE") or "").strip().lower()
     if raw:
         if raw not in SERVING_MODES:
             raise DetectorError(f"environment variable DETECTOR_SERVING_MODE={raw!r}: expected one of {', '.join(SERVING_MODES)}")
         return raw
     batch = (environ.get("SAGEMAKER_BATCH") or "").strip().lower()
-    if batch in ("", "false", "0", "no"):
+    if batch == "":
+        return default
+    if batch in ("false", "0", "no"):
         return "realtime"
     if batch in ("true", "1", "yes"):
         return "batch"
