@@ -50,7 +50,6 @@ def run(args) -> int:
     coco = any(item.image_id is not None for item in items)
     if args.coco_results is not None and not coco:
         raise UsageError(f"--coco-results: {args.input} is not a COCO channel (COCO results need its image ids)")
-    model = handler.model_fn(args.model_dir or settings.model_dir)
 
     bar = None
     if args.progress == "bar":
@@ -66,7 +65,7 @@ def run(args) -> int:
         if bar is not None:
             bar.update(count)
 
-    summary = run_transform(handler, model, items, args.output, batch_size=args.batch_size,
+    summary = run_transform(handler, lambda: handler.model_fn(args.model_dir or settings.model_dir), items, args.output, batch_size=args.batch_size,
                             custom_attributes=args.custom_attributes, progress=progress, on_failure=failure)
     if bar is not None:
         bar.close()

@@ -140,11 +140,13 @@ def _batches(handler: InferenceHandler, items: Iterable[TransformItem], batch_si
         yield batch
 
 
-def run_transform(handler: InferenceHandler, model, items: list[TransformItem], output: Path, *, batch_size: int = 8,
+def run_transform(handler: InferenceHandler, load_model: Callable[[], object], items: list[TransformItem], output: Path, *,
+                  batch_size: int = 8,
                   custom_attributes: str | None = None, progress: Callable[[int], None] = lambda n: None,
                   on_failure: Callable[[str, str], None] = lambda key, reason: None) -> TransformSummary:
     """Score the ``items`` not yet answered in ``output``, appending a line per image; ``progress(n)`` counts
-    the images skipped, then those of each batch and each failure."""
+    the images skipped, then those of each batch and each failure. ``load_model()`` is called only when
+    something is left to score (a rerun of a finished transform loads no model)."""
     started = time.monotonic()
     options = parse_custom_attributes(custom_attributes, handler.defaults)
     summary = TransformSummary(total=len(items))
@@ -160,6 +162,7 @@ def run_transform(handler: InferenceHandler, model, items: list[TransformItem], 
         progress(1)
 
     output.parent.mkdir(parents=True, exist_ok=True)
+    model = load_model() if todo else None
     with open(output, "ab") as out:
         for batch in _batches(handler, todo, batch_size, failed):
             request = InferenceRequest(DecodedImages([image for _, image in batch], batch=True), options)
