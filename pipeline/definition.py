@@ -235,10 +235,11 @@ def _build(settings: PipelineSettings, gate_metric: str | None = None):
             values=[spec.fail_message_parts(gate_metric)[0], testing_ap, spec.fail_message_parts(gate_metric)[1], params["MinTestingAP"]],
         ),
     )
+    transform = _transform_steps(settings, session, params, model_artifact, register)
     check = ConditionStep(
         name=spec.STEP_CHECK,
         conditions=[ConditionGreaterThanOrEqualTo(left=testing_ap, right=params["MinTestingAP"])],
-        if_steps=[register, deploy],
+        if_steps=[register, deploy, transform],
         else_steps=[too_low],
     )
     return Pipeline(
@@ -247,6 +248,57 @@ def _build(settings: PipelineSettings, gate_metric: str | None = None):
         steps=[train, evaluate, check],
         sagemaker_session=session,
         pipeline_experiment_config=None,  # no SageMaker Experiments: fewer permissions for the role
+    )
+
+
+def _transform_steps(settings: PipelineSettings, session, params: dict, model_artifact, register):
+    """CheckTransformInput: unless TransformInput is empty, after Register, a model of the serving image
+    and the trained artifact (TransformModel) scores that prefix in a Batch Transform job (Transform),
+    one image per record, into ``<root>/transform/<execution id>/`` (one ``<image>.out`` JSON per image)."""
+    from sagemaker.core.transformer import Transformer
+    from sagemaker.core.workflow.conditions import ConditionEquals, ConditionNot
+    from sagemaker.core.workflow.execution_variables import ExecutionVariables
+    from sagemaker.core.workflow.functions import Join
+    from sagemaker.mlops.workflow.condition_step import ConditionStep
+    from sagemaker.mlops.workflow.model_step import ModelStep
+    from sagemaker.mlops.workflow.steps import TransformStep
+    from sagemaker.serve.model_builder import ModelBuilder
+
+    builder = ModelBuilder(
+        image_uri=settings.serve_image,
+        s3_model_data_url=model_artifact,
+        role_arn=settings.role,
+        sagemaker_session=session,
+        dependencies=None,
+        env_vars={"SAGEMAKER_BATCH": "true"},  # the serving image's transform-job limits
+    )
+    model = ModelStep(name=spec.STEP_TRANSFORM_MODEL, step_args=builder.build())
+    transformer = Transformer(
+        model_name=model.properties.ModelName,
+        instance_count=1,
+        instance_type=params["TransformInstanceType"],
+        strategy="SingleRecord",
+        accept="application/json",
+        output_path=Join(on="/", values=[f"{settings.root}/{spec.TRANSFORM_OUTPUT}", ExecutionVariables.PIPELINE_EXECUTION_ID]),
+        base_transform_job_name=f"{settings.pipeline_name}-transform",
+        sagemaker_session=session,
+    )
+    # MaxConcurrentTransforms and MaxPayloadInMB are left to the container's GET /execution-parameters.
+    transform = TransformStep(
+        name=spec.STEP_TRANSFORM,
+        step_args=transformer.transform(
+            data=params["TransformInput"],
+            content_type="application/x-image",
+            split_type="None",
+            model_client_config={"InvocationsTimeoutInSeconds": 3600, "InvocationsMaxRetries": 1},
+        ),
+    )
+    return ConditionStep(
+        name=spec.STEP_CHECK_TRANSFORM,
+        depends_on=[register],
+        conditions=[ConditionNot(expression=ConditionEquals(left=params["TransformInput"], right=""))],
+        if_steps=[model, transform],
+        else_steps=[],
     )
 
 

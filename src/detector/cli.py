@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("train", "evaluate", "serve", "predict", "synth", "pipeline")
+COMMANDS = ("train", "evaluate", "serve", "predict", "transform", "synth", "pipeline")
 
 
 def _available() -> dict:

@@ -535,6 +535,12 @@ class ServingEnvironment:
     runtime_dir: Path | None = None
     precision: str = "auto"  # DETECTOR_PRECISION (see detector.precision)
     extra: dict[str, str] = field(default_factory=dict)
+    # realtime (an endpoint), batch (a Batch Transform job: SAGEMAKER_BATCH=true) or async (an
+    # asynchronous endpoint: DETECTOR_SERVING_MODE=async); the defaults and bounds of the limits follow it.
+    mode: str = "realtime"
+    # What GET /execution-parameters answers (Batch Transform asks when the job does not set them).
+    max_concurrent_transforms: int | None = None  # None: one per worker
+    batch_strategy: str = "MULTI_RECORD"
 
     @property
     def model_dir(self) -> Path:
@@ -544,9 +550,18 @@ class ServingEnvironment:
     def max_payload_bytes(self) -> int:
         return int(self.max_payload_mb * 1024 * 1024)
 
+    @property
+    def offline(self) -> bool:
+        """Batch Transform or asynchronous inference: no 6 MB / 60 s real-time bounds."""
+        return self.mode != "realtime"
+
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServingEnvironment":
+    def from_env(cls, environ: Mapping[str, str] | None = None, default_mode: str = "realtime") -> "ServingEnvironment":
+        """``default_mode`` applies when neither DETECTOR_SERVING_MODE nor SAGEMAKER_BATCH says otherwise
+        (``detector transform`` scores files offline: ``batch``)."""
         environ = os.environ if environ is None else environ
+        mode = serving_mode(environ, default_mode)
+        limits = MODE_LIMITS[mode]
         num_gpus = _gpu_count()
         workers = _int_env(environ, "SAGEMAKER_MODEL_SERVER_WORKERS", None)
         if workers is None:
@@ -560,14 +575,23 @@ class ServingEnvironment:
             port=number("SAGEMAKER_BIND_TO_PORT", 8080, 1, 32766),  # multi-model-server refuses higher ports
             num_gpus=num_gpus,
             workers=_bounded("SAGEMAKER_MODEL_SERVER_WORKERS", workers, 1),
-            # multi-model-server reads SAGEMAKER_MODEL_SERVER_TIMEOUT in minutes; SageMaker gives up after 60 s.
-            response_timeout_s=number("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", 50, 1),
-            max_payload_mb=number("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6.0, 0.001, parse=_float_env),
+            # multi-model-server reads SAGEMAKER_MODEL_SERVER_TIMEOUT in minutes; SageMaker gives up after 60 s
+            # on a real-time endpoint, after up to an hour in a transform job or on an asynchronous endpoint.
+            response_timeout_s=number("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", limits.response_timeout_s, 1,
+                                      limits.max_response_timeout_s),
+            # `detector serve` hands its limit to multi-model-server's launcher and workers under a name of its
+            # own: the toolkit would read SAGEMAKER_MAX_PAYLOAD_IN_MB itself and reject a fractional value.
+            max_payload_mb=number(PAYLOAD_HANDOVER if environ.get(PAYLOAD_HANDOVER) else "SAGEMAKER_MAX_PAYLOAD_IN_MB",
+                                  limits.payload_mb, 0.001, limits.max_payload_mb, parse=_float_env),
             score_threshold=number("DETECTOR_SCORE_THRESHOLD", 0.5, 0.0, 1.0, parse=_float_env),
             max_detections=number("DETECTOR_MAX_DETECTIONS", 100, 1),
-            max_image_pixels=number("DETECTOR_MAX_IMAGE_PIXELS", 40_000_000, 1),
+            max_image_pixels=number("DETECTOR_MAX_IMAGE_PIXELS", limits.image_pixels, 1),
             max_batch_images=number("DETECTOR_MAX_BATCH_IMAGES", 32, 1),
-            max_request_pixels=number("DETECTOR_MAX_REQUEST_PIXELS", 80_000_000, 1),
+            max_request_pixels=number("DETECTOR_MAX_REQUEST_PIXELS", limits.request_pixels, 1),
+            mode=mode,
+            max_concurrent_transforms=_bounded("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", _int_env(
+                environ, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", None), 1) if environ.get("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS") else None,
+            batch_strategy=_batch_strategy(environ),
             startup_timeout_s=number("SAGEMAKER_STARTUP_TIMEOUT", 600, 1),
             reload_timeout_s=number("DETECTOR_WORKER_RELOAD_TIMEOUT", 180, 1),
             default_accept=environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or "application/json",
@@ -581,6 +605,58 @@ def _mask_format(environ: Mapping[str, str]) -> str:
     value = (environ.get("DETECTOR_MASK_FORMAT") or "rle").strip().lower()
     if value not in MASK_FORMATS:
         raise DetectorError(f"environment variable DETECTOR_MASK_FORMAT={value!r}: expected one of {', '.join(MASK_FORMATS)}")
+    return value
+
+
+@dataclass(frozen=True)
+class ModeLimits:
+    """Defaults (and upper bounds, None for none) of the serving limits in one serving mode."""
+
+    payload_mb: float
+    max_payload_mb: float | None
+    response_timeout_s: int
+    max_response_timeout_s: int | None
+    image_pixels: int
+    request_pixels: int
+
+
+SERVING_MODES = ("realtime", "batch", "async")
+PAYLOAD_HANDOVER = "DETECTOR_SERVE_MAX_PAYLOAD_MB"
+MODE_LIMITS = {
+    # A real-time endpoint: SageMaker refuses bodies above 6 MB and gives up on a request after 60 s.
+    "realtime": ModeLimits(6.0, None, 50, None, 40_000_000, 80_000_000),
+    # Batch Transform: MaxPayloadInMB is at most 100; InvocationsTimeoutInSeconds at most 3600.
+    "batch": ModeLimits(100.0, 100.0, 3600, 3600, 150_000_000, 300_000_000),
+    # Asynchronous inference: inputs up to 1 GB from S3, up to an hour of processing per request.
+    "async": ModeLimits(1024.0, 1024.0, 3600, 3600, 150_000_000, 300_000_000),
+}
+BATCH_STRATEGIES = ("SINGLE_RECORD", "MULTI_RECORD")
+
+
+def serving_mode(environ: Mapping[str, str], default: str = "realtime") -> str:
+    """``DETECTOR_SERVING_MODE`` when set, else ``batch`` when SageMaker sets ``SAGEMAKER_BATCH=true``
+    (a transform job), else ``default``."""
+    raw = (environ.get("DETECTOR_SERVING_MODE") or "").strip().lower()
+    if raw:
+        if raw not in SERVING_MODES:
+            raise DetectorError(f"environment variable DETECTOR_SERVING_MODE={raw!r}: expected one of {', '.join(SERVING_MODES)}")
+        return raw
+    batch = (environ.get("SAGEMAKER_BATCH") or "").strip().lower()
+    if batch == "":
+        return default
+    if batch in ("false", "0", "no"):
+        return "realtime"
+    if batch in ("true", "1", "yes"):
+        return "batch"
+    raise DetectorError(f"environment variable SAGEMAKER_BATCH={batch!r}: expected true or false")
+
+
+def _batch_strategy(environ: Mapping[str, str]) -> str:
+    # SageMaker spells it MultiRecord in the API and MULTI_RECORD in the container's environment.
+    raw = (environ.get("SAGEMAKER_BATCH_STRATEGY") or "MULTI_RECORD").strip()
+    value = {"multirecord": "MULTI_RECORD", "singlerecord": "SINGLE_RECORD"}.get(raw.lower().replace("_", ""), raw)
+    if value not in BATCH_STRATEGIES:
+        raise DetectorError(f"environment variable SAGEMAKER_BATCH_STRATEGY={raw!r}: expected one of {', '.join(BATCH_STRATEGIES)}")
     return value
 
 

@@ -34,6 +34,8 @@ class Parameter:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+    # An empty string is a value of its own (for example "skip this step"), not a missing one.
+    optional: bool = False
 
     def default_for(self, root: str) -> Value:
         return self.default.format(root=root.rstrip("/")) if isinstance(self.default, str) else self.default
@@ -56,7 +58,7 @@ class Parameter:
         except ValueError:
             expected = "a whole number" if self.type == INTEGER else "a number"
             raise PipelineParameterError(f"parameter {self.name}={text!r}: expected {expected}") from None
-        if self.type == STRING and not value:
+        if self.type == STRING and not value and not self.optional:
             raise PipelineParameterError(f"parameter {self.name}: expected a non-empty string")
         if self.choices and value not in self.choices:
             raise PipelineParameterError(f"parameter {self.name}={text!r}: expected one of {', '.join(self.choices)}")
@@ -93,6 +95,15 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("EndpointName", STRING, "detector", "Endpoint to create, or to update in place when it exists."),
     Parameter("EndpointInstanceType", STRING, "ml.g5.xlarge", "Instance type of the endpoint."),
 )
+
+# The optional Transform step after Register: skipped while TransformInput is empty.
+TRANSFORM_PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("TransformInput", STRING, "",
+              "Images to score with the registered model in a Batch Transform job after Register (an S3 prefix; locally a folder, "
+              "a COCO channel, a JSON Lines file or 'testing'); empty skips the step.", optional=True),
+    Parameter("TransformInstanceType", STRING, "ml.g5.xlarge", "Instance type of the Transform step's Batch Transform job."),
+)
+PARAMETERS = (*PARAMETERS, *TRANSFORM_PARAMETERS)
 
 BY_NAME: dict[str, Parameter] = {p.name: p for p in PARAMETERS}
 
@@ -152,6 +163,11 @@ STEP_CHECK = "CheckTestingAP"
 STEP_FAIL = "TestingAPTooLow"
 STEP_REGISTER = "Register"
 STEP_DEPLOY = "Deploy"
+# The optional Transform step (after Register, while TransformInput is not empty) and its parts.
+STEP_CHECK_TRANSFORM = "CheckTransformInput"
+STEP_TRANSFORM_MODEL = "TransformModel"
+STEP_TRANSFORM = "Transform"
+TRANSFORM_OUTPUT = "transform"  # {root}/transform/<execution id>/ on SageMaker, the step's folder locally
 
 # The Fail step's message: these parts joined with spaces around the measured AP and the threshold.
 FAIL_MESSAGE_PARTS = fail_message_parts(DEFAULT_GATE_METRIC)

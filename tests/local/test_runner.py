@@ -41,7 +41,7 @@ def the_execution(root: Path) -> Path:
 
 
 def test_runs_every_step_and_serves_the_registered_model(tmp_path, data):
-    result = pipeline(tmp_path, data, *SMALL, "--param", "MinTestingAP=0")
+    result = pipeline(tmp_path, data, *SMALL, "--param", "MinTestingAP=0", "--param", "TransformInput=testing")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     execution = the_execution(tmp_path)
     assert (execution / "train" / "model" / "model_final.pth").exists()
@@ -63,6 +63,13 @@ def test_runs_every_step_and_serves_the_registered_model(tmp_path, data):
         assert re.search(rf"^  {step}\s+succeeded\s+[0-9.]+ s$", result.stdout, re.M), step
     assert "local:model-package/detector/1 (Approved)" in result.stdout
     assert re.search(r"testing_ap\s+[0-9.]+", result.stdout)
+
+    # The optional Transform step scored the testing channel with the registered model.
+    assert re.search(r"^  Transform\s+succeeded\s+[0-9.]+ s$", result.stdout, re.M)
+    predictions = [json.loads(line) for line in (execution / "transform" / "predictions.jsonl").read_text().splitlines()]
+    testing = json.loads((data / "testing" / "annotations.json").read_text())
+    assert [(p["file"], p["image_id"]) for p in predictions] == [(i["file_name"], i["id"]) for i in testing["images"]]
+    assert isinstance(json.loads((execution / "transform" / "predictions.coco.json").read_text()), list)
 
 
 def test_low_ap_stops_at_the_gate_and_registers_nothing(tmp_path, data):

@@ -41,7 +41,7 @@ def steps_by_name(definition: dict) -> dict:
         found[step["Name"]] = step
         for branch in ("IfSteps", "ElseSteps"):
             for inner in step.get("Arguments", {}).get(branch, []):
-                found[inner["Name"]] = inner
+                found.update(steps_by_name({"Steps": [inner]}))  # conditions nest
     return found
 
 
@@ -94,7 +94,9 @@ def test_steps_types_and_order(definition):
         (spec.STEP_TRAIN, "Training"), (spec.STEP_EVALUATE, "Processing"), (spec.STEP_CHECK, "Condition"),
     ]
     check = definition["Steps"][2]["Arguments"]
-    assert [(s["Name"], s["Type"]) for s in check["IfSteps"]] == [(spec.STEP_REGISTER, "RegisterModel"), (spec.STEP_DEPLOY, "Lambda")]
+    assert [(s["Name"], s["Type"]) for s in check["IfSteps"]] == [
+        (spec.STEP_REGISTER, "RegisterModel"), (spec.STEP_DEPLOY, "Lambda"), (spec.STEP_CHECK_TRANSFORM, "Condition"),
+    ]
     assert [(s["Name"], s["Type"]) for s in check["ElseSteps"]] == [(spec.STEP_FAIL, "Fail")]
 
 
@@ -251,3 +253,37 @@ def test_every_s3_location_is_explicit(definition):
 def test_bad_settings_are_rejected_before_anything_is_built(overrides, message):
     with pytest.raises(PipelineConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         example.settings(**overrides)
+
+
+def test_transform_step_after_register_skipped_while_the_input_is_empty(definition):
+    steps = steps_by_name(definition)
+    check = steps[spec.STEP_CHECK_TRANSFORM]
+    assert check["DependsOn"] == [spec.STEP_REGISTER]
+    assert check["Arguments"]["Conditions"] == [
+        {"Type": "Not", "Condition": {"Type": "Equals", "LeftValue": {"Get": "Parameters.TransformInput"}, "RightValue": ""}}
+    ]
+    assert [s["Name"] for s in check["Arguments"]["IfSteps"]] == [spec.STEP_TRANSFORM_MODEL, spec.STEP_TRANSFORM]
+    assert check["Arguments"]["ElseSteps"] == []
+    assert {p["Name"]: p["DefaultValue"] for p in definition["Parameters"]}["TransformInput"] == ""
+
+    container = steps[spec.STEP_TRANSFORM_MODEL]["Arguments"]["PrimaryContainer"]
+    assert container == {"Image": example.SERVE_IMAGE, "Environment": {"SAGEMAKER_BATCH": "true"},
+                         "ModelDataUrl": {"Get": f"Steps.{spec.STEP_TRAIN}.ModelArtifacts.S3ModelArtifacts"}}
+    args = steps[spec.STEP_TRANSFORM]["Arguments"]
+    assert args["ModelName"] == {"Get": f"Steps.{spec.STEP_TRANSFORM_MODEL}.ModelName"}
+    assert args["TransformInput"] == {
+        "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": {"Get": "Parameters.TransformInput"}}},
+        "ContentType": "application/x-image", "SplitType": "None",
+    }
+    assert args["TransformResources"] == {"InstanceType": {"Get": "Parameters.TransformInstanceType"}, "InstanceCount": 1}
+    assert args["TransformOutput"]["S3OutputPath"] == {"Std:Join": {"On": "/", "Values": [f"{ROOT}/transform", EXECUTION_ID]}}
+    assert args["ModelClientConfig"]["InvocationsTimeoutInSeconds"] == 3600
+    # Left to the container's GET /execution-parameters.
+    assert "MaxPayloadInMB" not in args and "MaxConcurrentTransforms" not in args
+
+
+def test_transform_parameters_parse_and_an_empty_input_is_allowed():
+    assert spec.parse_overrides(["TransformInput=", "TransformInstanceType=ml.c5.xlarge"]) == {
+        "TransformInput": "", "TransformInstanceType": "ml.c5.xlarge"}
+    with pytest.raises(spec.PipelineParameterError, match="TransformInstanceType: expected a non-empty string"):
+        spec.parse_overrides(["TransformInstanceType="])

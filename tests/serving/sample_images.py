@@ -55,3 +55,10 @@ def json_single(data: bytes) -> bytes:
 
 def json_batch(*images: bytes) -> bytes:
     return json.dumps({"instances": [{"image": b64(d)} for d in images]}).encode()
+
+
+def large_jpeg(width: int = 8000, height: int = 6000) -> bytes:
+    """A high-resolution photo-sized JPEG (8000x6000: about 13 MB), above the real-time limits."""
+    rng = np.random.default_rng(1)
+    coarse = Image.fromarray(rng.integers(0, 255, size=(height // 10, width // 10, 3), dtype=np.uint8))
+    return encode(coarse.resize((width, height), Image.NEAREST), "JPEG", quality=70)

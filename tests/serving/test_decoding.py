@@ -216,3 +216,39 @@ def test_one_image_above_the_pixel_budget_is_413():
     limits = DecodeLimits(max_image_pixels=1_000_000, max_request_pixels=500_000)
     with pytest.raises(PayloadTooLarge, match="takes the request to 640000 decoded pixels"):
         decode_body(solid_png(800, 800), "image/png", limits)
+
+
+def test_json_lines_records_keep_their_line_numbers_and_bad_lines_their_reason():
+    from detector.serving.decoding import decode_json_line
+
+    good = samples.b64(samples.png(20, 10))
+    body = "\n".join([json.dumps({"image": good}), "", "{oops", json.dumps({"picture": good}), json.dumps({"image": "%%"}),
+                      json.dumps({"image": good})]).encode() + b"\n"
+    decoded = decode_body(body, "application/jsonlines", LIMITS)
+    assert decoded.images == [] and decoded.batch
+    lines = decoded.lines
+    assert [r.line for r in lines] == [1, 3, 4, 5, 6]  # the blank line 2 is no record
+    assert lines[1].error.startswith("line 3: not valid JSON") and lines[2].error == 'line 4: expected {"image": "<base64>"}'
+    assert decode_json_line(lines[0], LIMITS).shape == (10, 20, 3)
+    with pytest.raises(BadRequest, match=r"^line 5: not valid base64"):
+        decode_json_line(lines[3], LIMITS)
+    with pytest.raises(PayloadTooLarge, match="line 6: image \\(20x10\\) takes the request to 400 decoded pixels"):
+        decode_json_line(lines[4], DecodeLimits(max_request_pixels=300), pixels_before=200)
+
+
+@pytest.mark.parametrize("body, message", [(b"\n \n", "JSON Lines body has no records"), (b"\xff\n", "JSON Lines body is not UTF-8")])
+def test_json_lines_body_without_records_is_refused(body, message):
+    assert message in rejected(body, "application/x-jsonlines")
+
+
+def test_large_images_pass_when_the_limit_is_raised_above_pillows_default():
+    """Pillow refuses more than ~89 Mpx by default; a raised limit (batch mode) is honoured up to the ceiling,
+    and Pillow's default is left as it was."""
+    from PIL import Image
+
+    default = Image.MAX_IMAGE_PIXELS
+    big = samples.encode(samples.Image.new("1", (10000, 10000)), "PNG")
+    assert "rejected as a decompression bomb" in rejected(big, "image/png", DecodeLimits(max_image_pixels=40_000_000))
+    image = decode_body(big, "image/png", DecodeLimits(max_image_pixels=150_000_000)).images[0]
+    assert image.shape == (10000, 10000, 3)
+    assert Image.MAX_IMAGE_PIXELS == default

@@ -256,3 +256,17 @@ def test_served_masks_as_polygons_none_and_in_coco_results(mask_server):
     coco = invoke(url, body, accept=COCO_TYPE)
     assert [r["segmentation"] for r in coco] == [d["segmentation"] for d in rle]
     assert all(set(r) == {"image_id", "category_id", "bbox", "score", "segmentation"} for r in coco)
+
+
+def test_json_lines_answer_one_line_per_image_or_record():
+    from detector.serving.encoding import JSONLINES_TYPE, encode_json_lines
+
+    assert negotiate("application/jsonlines") == JSONLINES_TYPE
+    body = encode_predictions([DETECTIONS, []], [(40, 30), (8, 8)], True, JSONLINES_TYPE)
+    lines = body.decode().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        json.loads(encode_predictions([DETECTIONS], [(40, 30)], False, JSON_TYPE)), {"detections": [], "image": {"width": 8, "height": 8}},
+    ]
+    records = encode_json_lines([(DETECTIONS, (40, 30)), "line 2: not valid base64", ([], (8, 8))]).decode()
+    assert records.endswith("\n") and [json.loads(line) for line in records.splitlines()][1] == {"error": "line 2: not valid base64"}
+    assert json.loads(records.splitlines()[0]) == json.loads(lines[0])

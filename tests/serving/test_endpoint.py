@@ -91,3 +91,19 @@ def test_start_up_timeout_and_a_server_that_exits(tmp_path):
     w.server.process.returncode = 1
     w.poll(1.0)
     assert w.fatal.startswith("multi-model-server stopped unexpectedly (exit status 1)")
+
+
+def test_execution_parameters_follow_the_settings_within_the_transform_budget():
+    from detector.serving.endpoint import execution_parameters
+
+    def answer(**environ):
+        return execution_parameters(ServingEnvironment.from_env(environ))
+
+    assert answer(SAGEMAKER_BATCH="true") == {"MaxConcurrentTransforms": 1, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 100}
+    assert answer(SAGEMAKER_BATCH="true", SAGEMAKER_MAX_PAYLOAD_IN_MB="20", SAGEMAKER_BATCH_STRATEGY="SINGLE_RECORD") == {
+        "MaxConcurrentTransforms": 1, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 20}
+    # MaxConcurrentTransforms x MaxPayloadInMB stays within SageMaker's 100 MB.
+    assert answer(SAGEMAKER_BATCH="true", SAGEMAKER_MODEL_SERVER_WORKERS="4") == {
+        "MaxConcurrentTransforms": 4, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 25}
+    assert answer(SAGEMAKER_MAX_CONCURRENT_TRANSFORMS="3")["MaxConcurrentTransforms"] == 3
+    assert answer()["MaxPayloadInMB"] == 6  # real-time defaults

@@ -154,3 +154,10 @@ def test_a_port_in_use_is_a_clear_error():
         front = Front(free_port(), lambda: None, LIMIT, response_timeout_s=5)
         with pytest.raises(DetectorError, match=rf"cannot listen on 127.0.0.1:{port} \(SAGEMAKER_BIND_TO_PORT\): "):
             asyncio.run(front.start("127.0.0.1", port))
+
+
+def test_execution_parameters_are_not_found_unless_configured(front):
+    url, backend, _, _ = front
+    response = requests.get(f"{url}/execution-parameters")
+    assert response.status_code == 404 and "not found" in response.json()["error"]
+    assert backend.requests == []

@@ -119,3 +119,24 @@ def test_code_in_the_model_directory_is_never_run(tiny_model, tmp_path, monkeypa
     status, _, _ = call(service, context, samples.png(), **{"Content-Type": "image/png"})
     assert status == 200
     assert "inference" not in sys.modules
+
+
+def test_json_lines_are_answered_in_order_a_model_batch_at_a_time(tiny_model, tmp_path):
+    """Batches of at most 2 images or 5000 decoded pixels: the 60x60 image starts a batch of its own."""
+    service, context = make_service(tiny_model, tmp_path, DETECTOR_MAX_BATCH_IMAGES="2", DETECTOR_MAX_REQUEST_PIXELS="5000",
+                                    SAGEMAKER_BATCH="true")
+    service.initialize(context)
+    sizes = [(32, 24), (40, 30), (20, 20), (60, 60), (16, 16)]
+    lines = [json.dumps({"image": samples.b64(samples.png(w, h))}) for w, h in sizes]
+    lines.insert(2, '{"image": "not base64!"}')
+    lines.append(json.dumps({"image": samples.b64(samples.png(80, 80))}))  # 6400 pixels: above the limit on its own
+    status, content_type, body = call(service, context, ("\n".join(lines) + "\n").encode(), **{"Content-Type": "application/jsonlines"})
+    assert (status, content_type) == (200, "application/jsonlines")
+    answers = [json.loads(line) for line in body.decode().splitlines()]
+    assert len(answers) == 7
+    assert answers[2]["error"].startswith("line 3: not valid base64")
+    assert "line 7: image (80x80) takes the request to 6400 decoded pixels, above the limit of 5000" in answers[6]["error"]
+    good = [a for i, a in enumerate(answers) if i not in (2, 6)]
+    assert [(a["image"]["width"], a["image"]["height"]) for a in good] == sizes
+    status, _, body = call(service, context, lines[0].encode(), **{"Content-Type": "application/jsonlines", "Accept": "application/x-coco"})
+    assert status == 406 and "answered as application/jsonlines" in json.loads(body)["error"]

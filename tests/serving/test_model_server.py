@@ -24,7 +24,26 @@ def test_server_properties_keep_the_server_on_loopback_behind_the_front():
         "default_workers_per_model": "3",
         "default_response_timeout_seconds": "50",
         "max_request_size": str(6 * 1024 * 1024),
+        "max_response_size": str(100 * 1024 * 1024),
     }
+
+
+def test_server_properties_follow_the_batch_mode():
+    settings = ServingEnvironment.from_env({"SAGEMAKER_BASE_DIR": "/x", "SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "40",
+                                            "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": "900"})
+    properties = server_properties(settings, inference_port=23456, management_port=12345)
+    assert properties["default_response_timeout_seconds"] == "900"
+    assert properties["max_request_size"] == str(40 * 1024 * 1024)
+
+
+def test_the_payload_limit_reaches_the_launcher_and_workers_under_its_own_name():
+    """The launcher's environment lacks SAGEMAKER_MAX_PAYLOAD_IN_MB (the toolkit would reject 2.5);
+    the limit still reaches it, fractional or not."""
+    from detector.environment import PAYLOAD_HANDOVER
+
+    parent = ServingEnvironment.from_env({"SAGEMAKER_BASE_DIR": "/x", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "2.5"})
+    child = ServingEnvironment.from_env({"SAGEMAKER_BASE_DIR": "/x", PAYLOAD_HANDOVER: repr(parent.max_payload_mb)})
+    assert child.max_payload_bytes == parent.max_payload_bytes == int(2.5 * 1024 * 1024)
 
 
 def test_toolkit_config_with_overrides(tmp_path, monkeypatch):

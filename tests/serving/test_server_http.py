@@ -186,3 +186,16 @@ def test_management_api_is_not_on_the_serving_port(server, method, path):
     assert response.status_code in (404, 405)
     assert "not found" in response.json()["error"]
     assert requests.get(f"{server}/ping", timeout=5).json()["status"] == "Healthy"
+
+
+def test_execution_parameters_answer_the_real_time_defaults(server):
+    response = requests.get(f"{server}/execution-parameters", timeout=5)
+    assert response.json() == {"MaxConcurrentTransforms": 1, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6}
+
+
+def test_a_large_image_is_refused_in_real_time_mode_naming_the_limit(server):
+    body = samples.large_jpeg()
+    response = invoke(server, body, "image/jpeg")
+    assert response.status_code == 413
+    assert response.json()["error"] == (
+        f"request body is {len(body)} bytes, above the limit of {6 * 1024 * 1024} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB=6)")

@@ -25,7 +25,7 @@ from typing import Callable
 
 from .. import pipeline_spec as spec
 from ..data.coco import find_annotation_file, load_coco
-from ..environment import TrainingLayout, prepare_processing_job, prepare_serving, write_training_job
+from ..environment import DEFAULT_BASE_DIR, TrainingLayout, prepare_processing_job, prepare_serving, write_training_job
 from ..errors import DetectorError
 from ..serving.model_server import free_port, ping
 from ..training.checkpoint import CheckpointStore
@@ -37,7 +37,8 @@ from .registry import LocalModelRegistry, ModelPackage
 MODEL_PACKAGE_GROUP = "detector"
 LOG_TAIL_LINES = 12
 # Each step's log, under its folder: what a failure message points to.
-STEP_LOGS = {spec.STEP_TRAIN: "train.log", spec.STEP_EVALUATE: "evaluate.log", spec.STEP_DEPLOY: "serve.log"}
+STEP_LOGS = {spec.STEP_TRAIN: "train.log", spec.STEP_EVALUATE: "evaluate.log", spec.STEP_DEPLOY: "serve.log",
+             spec.STEP_TRANSFORM: "transform.log"}
 
 # The SageMaker defaults train R50-FPN for 90k iterations on a GPU. On a CPU the local run trains the
 # small packaged model instead; every other parameter keeps the pipeline's default.
@@ -126,6 +127,8 @@ class LocalRun:
             self._step(spec.STEP_CHECK, lambda: self.check(evaluation))
             self.package = self._step(spec.STEP_REGISTER, lambda: self.register(model_archive, evaluation))
             self._step(spec.STEP_DEPLOY, lambda: self.deploy(self.package, channels["testing"]))
+            if self.parameters.get("TransformInput"):
+                self._step(spec.STEP_TRANSFORM, lambda: self.transform(model_archive, channels["testing"]))
         except PipelineFailed as failure:
             self.summary()
             self.log(f"Pipeline failed: {failure}")
@@ -302,6 +305,44 @@ class LocalRun:
         self.metrics["deploy_detections"] = len(detections)
         (base / "response.json").write_text(json.dumps(answer, indent=2))
 
+    def transform(self, model_archive: Path, testing: Path) -> Path:
+        """The optional Transform step: ``detector transform`` scores TransformInput (``testing``: the
+        testing channel) with the registered model into ``transform/predictions.jsonl`` (and COCO
+        results for a COCO channel). A rerun of the execution (``--resume``) continues where it stopped."""
+        value = str(self.parameters["TransformInput"])
+        source = testing if value == spec.TESTING_CHANNEL else Path(value)
+        if not source.exists():
+            raise PipelineFailed(f"step {spec.STEP_TRANSFORM} failed: TransformInput={value}: no such file or folder")
+        base = self.step_dir(spec.STEP_TRANSFORM)
+        shutil.rmtree(base / "model", ignore_errors=True)
+        prepare_serving(base, model_archive)
+        output = base / "predictions.jsonl"
+        coco = source.is_dir() and any(source.glob("*.json"))
+        if self.backend.name == "process":
+            inside, source_arg = base, str(source.resolve())
+        else:  # a container sees only the step's folder, at /opt/ml: the input is copied into it once
+            inside = Path(DEFAULT_BASE_DIR)
+            copy = base / "input" / source.name
+            if not copy.exists():
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                if source.is_dir():
+                    shutil.copytree(source, copy)
+                else:
+                    shutil.copyfile(source, copy)
+            source_arg = str(inside / "input" / source.name)
+        args = ["transform", source_arg, "--output", str(inside / output.name), "--model-dir", str(inside / "model"),
+                "--progress", "none"]
+        if coco:
+            args.append("--coco-results")
+        log = self.step_log(spec.STEP_TRANSFORM)
+        code = self._run_logged(args, base, log, image=getattr(self.backend, "serve_image", None))
+        if code != 0:
+            raise self.failed(spec.STEP_TRANSFORM, f"detector transform exited with status {code}; rerun with --resume to retry the rest")
+        scored = sum(1 for _ in open(output, "rb"))
+        self.log(f"  {scored} images scored into {output}" + (f" (COCO results {output.with_suffix('.coco.json')})" if coco else ""))
+        self.metrics["transform_images"] = scored
+        return output
+
     # -- helpers -------------------------------------------------------------------------------
 
     def wait_healthy(self, url: str, timeout: float) -> None:
@@ -314,10 +355,12 @@ class LocalRun:
             time.sleep(0.25)
         raise self.failed(spec.STEP_DEPLOY, f"/ping did not answer 200 within {timeout:.0f} s")
 
-    def _run_logged(self, args: list[str], base: Path, log_path: Path, on_line=None, extra_env: dict[str, str] | None = None) -> int:
+    def _run_logged(self, args: list[str], base: Path, log_path: Path, on_line=None, extra_env: dict[str, str] | None = None,
+                    image: str | None = None) -> int:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a", buffering=1) as log:
             process = subprocess.Popen(
-                self.backend.command(base, args), env=self.backend.environment(base, extra_env), stdout=subprocess.PIPE,
+                self.backend.command(base, args, image=image), env=self.backend.environment(base, extra_env), stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, text=True,
             )
             try:

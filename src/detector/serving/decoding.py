@@ -7,6 +7,9 @@ Supported content types:
 - ``application/json``: ``{"image": "<base64>"}`` for one image or
   ``{"instances": [{"image": "<base64>"}, ...]}`` for a batch.
 - ``application/x-npy``: one ``numpy.save``'d HxWx3 uint8 RGB array (no pickles).
+- ``application/jsonlines``: one ``{"image": "<base64>"}`` per line (a Batch Transform job's
+  ``SplitType: Line``); each line is decoded and answered on its own, so one bad line is named by
+  its number and the others are still answered. Blank lines are skipped.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ from .request_errors import BadRequest, PayloadTooLarge, RequestError, Unsupport
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
 JSON_TYPE = "application/json"
 NPY_TYPE = "application/x-npy"
-SUPPORTED_TYPES = (*IMAGE_TYPES, JSON_TYPE, NPY_TYPE)
+JSONLINES_TYPES = ("application/jsonlines", "application/x-jsonlines")
+SUPPORTED_TYPES = (*IMAGE_TYPES, JSON_TYPE, NPY_TYPE, *JSONLINES_TYPES)
+# Pillow's decompression-bomb limit is never raised above this many pixels (it refuses more).
+PILLOW_PIXEL_CEILING = 400_000_000
 
 
 @dataclass(frozen=True)
@@ -37,9 +43,20 @@ class DecodeLimits:
 
 
 @dataclass(frozen=True)
+class JsonLine:
+    """One record of a JSON Lines body: its 1-based line number and its base64 image, or why it is unusable."""
+
+    line: int
+    image: object = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class DecodedImages:
     images: list[np.ndarray]  # HxWx3 uint8 RGB
     batch: bool  # the request asked for a batch answer ({"predictions": [...]})
+    # A JSON Lines body: its records, decoded a model batch at a time (``images`` is then empty).
+    lines: list[JsonLine] | None = None
 
 
 def media_type(content_type: str | None) -> str:
@@ -71,7 +88,13 @@ def decode_image(data: bytes, limits: DecodeLimits, where: str = "", pixels_befo
     if not data:
         raise BadRequest(f"{where or 'request body '}is empty; expected the bytes of an image")
     prefix = where or "image "
+    pillow_limit = Image.MAX_IMAGE_PIXELS
     try:
+        # Pillow's own bomb check (refused here above its limit) stays a second line of defence: raised
+        # so that our limit, which a transform job or an asynchronous endpoint sets above Pillow's
+        # default, speaks first, but never above PILLOW_PIXEL_CEILING.
+        if pillow_limit and 2 * limits.max_image_pixels > pillow_limit:
+            Image.MAX_IMAGE_PIXELS = max(pillow_limit, min(2 * limits.max_image_pixels, PILLOW_PIXEL_CEILING))
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))  # reads the header only
@@ -89,6 +112,8 @@ def decode_image(data: bytes, limits: DecodeLimits, where: str = "", pixels_befo
         raise BadRequest(f"{prefix}is rejected as a decompression bomb ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise BadRequest(f"{prefix}cannot be decoded: {e}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
 def decode_base64_image(value: object, limits: DecodeLimits, where: str, pixels_before: int = 0) -> np.ndarray:
@@ -144,6 +169,35 @@ def decode_npy(body: bytes, limits: DecodeLimits) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def parse_json_lines(body: bytes) -> list[JsonLine]:
+    """The records of a JSON Lines body; a line that is not ``{"image": "<base64>"}`` carries its error."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"JSON Lines body is not UTF-8 (byte {e.start})") from None
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            document = json.loads(line)
+        except json.JSONDecodeError as e:
+            records.append(JsonLine(number, error=f"line {number}: not valid JSON ({e.msg} at column {e.colno})"))
+            continue
+        if not isinstance(document, dict) or "image" not in document:
+            records.append(JsonLine(number, error=f'line {number}: expected {{"image": "<base64>"}}'))
+            continue
+        records.append(JsonLine(number, image=document["image"]))
+    if not records:
+        raise BadRequest('JSON Lines body has no records; expected one {"image": "<base64>"} per line')
+    return records
+
+
+def decode_json_line(record: JsonLine, limits: DecodeLimits, pixels_before: int = 0) -> np.ndarray:
+    """The image of one JSON Lines record; errors name its line."""
+    return decode_base64_image(record.image, limits, f"line {record.line}", pixels_before)
+
+
 def decode_body(body: bytes | bytearray | None, content_type: str | None, limits: DecodeLimits) -> DecodedImages:
     """Decode one request; raises a ``RequestError`` with the status and a specific message."""
     kind = media_type(content_type)
@@ -158,6 +212,8 @@ def decode_body(body: bytes | bytearray | None, content_type: str | None, limits
         raise BadRequest(f"request body is empty; expected {kind} content")
     if kind == JSON_TYPE:
         return decode_json(body, limits)
+    if kind in JSONLINES_TYPES:
+        return DecodedImages([], batch=True, lines=parse_json_lines(body))
     if kind == NPY_TYPE:
         return DecodedImages([decode_npy(body, limits)], batch=False)
     return DecodedImages([decode_image(body, limits)], batch=False)

@@ -13,6 +13,10 @@ option: ``rle`` (default) COCO compressed RLE ``{"size": [height, width], "count
 the original image, which ``pycocotools.mask.decode`` turns back into the HxW array; ``polygon`` the
 outer contours as COCO polygons ``[[x1, y1, x2, y2, ...], ...]`` in pixel coordinates, simplified to
 within :data:`POLYGON_TOLERANCE_PX` (holes are filled); ``none`` leaves the field out.
+
+``application/jsonlines``: one line per image, each the one-image JSON object above (or
+``{"error": message}`` for a JSON Lines record that could not be answered), in request order: what a
+Batch Transform job with ``AssembleWith: Line`` joins into its output file.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from .request_errors import NotAcceptable
 
 JSON_TYPE = "application/json"
 COCO_TYPE = "application/x-coco"
-SUPPORTED_ACCEPT = (JSON_TYPE, COCO_TYPE)
+JSONLINES_TYPE = "application/jsonlines"
+SUPPORTED_ACCEPT = (JSON_TYPE, COCO_TYPE, JSONLINES_TYPE)
 
 
 def negotiate(accept: str | None, default: str = JSON_TYPE) -> str:
@@ -200,6 +205,10 @@ def encode_predictions(
     (rle, polygon, none) says how a mask model's masks are written."""
     if response_type == COCO_TYPE:
         document: object = coco_results(results, mask_format)
+    elif response_type == JSONLINES_TYPE:
+        return b"".join(
+            encode_predictions([d], [size], False, JSON_TYPE, mask_format) + b"\n" for d, size in zip(results, sizes)
+        )
     else:
         per_image = [image_result(d, w, h, mask_format) for d, (w, h) in zip(results, sizes)]
         document = {"predictions": per_image} if batch else per_image[0]
@@ -235,3 +244,16 @@ def overlay_image(image: np.ndarray, detections: Sequence[Detection], mask_alpha
 
 def encode_error(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
+
+
+def encode_json_lines(answers: Sequence[tuple[Sequence[Detection], tuple[int, int]] | str], mask_format: str = "rle") -> bytes:
+    """One line per record, in order: its one-image JSON answer, or ``{"error": message}`` for a string."""
+    return b"".join(
+        (
+            encode_error(answer)
+            if isinstance(answer, str)
+            else encode_predictions([answer[0]], [answer[1]], False, JSON_TYPE, mask_format)
+        )
+        + b"\n"
+        for answer in answers
+    )

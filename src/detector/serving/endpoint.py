@@ -97,9 +97,33 @@ class WorkerWatch:
             )
 
 
+# SageMaker's bound on a transform job: MaxConcurrentTransforms x MaxPayloadInMB at most 100 MB.
+TRANSFORM_PAYLOAD_BUDGET_MB = 100
+
+
+def execution_parameters(settings: ServingEnvironment) -> dict:
+    """What ``GET /execution-parameters`` answers: one concurrent request per worker (or
+    ``SAGEMAKER_MAX_CONCURRENT_TRANSFORMS``), the batch strategy, and the payload limit in whole MB,
+    kept within the job's budget of MaxConcurrentTransforms x MaxPayloadInMB <= 100 MB."""
+    concurrent = settings.max_concurrent_transforms or settings.workers
+    payload = min(int(settings.max_payload_mb), TRANSFORM_PAYLOAD_BUDGET_MB // concurrent)
+    return {"MaxConcurrentTransforms": concurrent, "BatchStrategy": settings.batch_strategy, "MaxPayloadInMB": max(1, payload)}
+
+
+def describe_mode(settings: ServingEnvironment) -> str:
+    return (
+        f"serving mode {settings.mode}: requests up to {settings.max_payload_mb:g} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB), "
+        f"response timeout {settings.response_timeout_s} s (SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS), images up to "
+        f"{settings.max_image_pixels} pixels (DETECTOR_MAX_IMAGE_PIXELS), {settings.max_request_pixels} decoded pixels per "
+        f"model batch (DETECTOR_MAX_REQUEST_PIXELS)"
+    )
+
+
 async def _serve(settings: ServingEnvironment, server: ServerProcess, stop: threading.Event, started: float) -> None:
     watch = WorkerWatch(server, settings, started)
-    front = Front(server.port, watch.unavailable, settings.max_payload_bytes, settings.response_timeout_s)
+    front = Front(server.port, watch.unavailable, settings.max_payload_bytes, settings.response_timeout_s,
+                  execution_parameters=execution_parameters(settings))
+    logger.info(describe_mode(settings))
     await front.start("0.0.0.0", settings.port)
     logger.info("front on port %d; multi-model-server on 127.0.0.1:%d behind it", settings.port, server.port)
     try:

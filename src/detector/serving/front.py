@@ -7,6 +7,8 @@ multi-model-server listens on a loopback port behind this front. The front
 - answers a request that no worker can take with a JSON 503 at once, instead of queueing it inside
   multi-model-server until a worker has reloaded (or answering 500 "Worker died.");
 - refuses a body above ``SAGEMAKER_MAX_PAYLOAD_IN_MB`` with a JSON 413 before reading it;
+- answers ``GET /execution-parameters`` (what a Batch Transform job asks a container for when the
+  job does not set MaxConcurrentTransforms, BatchStrategy and MaxPayloadInMB itself);
 - answers every other path with a JSON 404 (the model-management API is never on this port);
 - passes everything else through unchanged, and rewrites multi-model-server's own error bodies
   into the ``{"error": message}`` shape that the handler's errors have.
@@ -43,11 +45,14 @@ class Front:
     ``unavailable()`` returns ``None`` while a worker can answer, else the reason it cannot; it is
     asked on every ``/ping`` and every request, so it must be cheap."""
 
-    def __init__(self, upstream_port: int, unavailable: Callable[[], str | None], max_payload_bytes: int, response_timeout_s: float):
+    def __init__(self, upstream_port: int, unavailable: Callable[[], str | None], max_payload_bytes: int, response_timeout_s: float,
+                 execution_parameters: dict | None = None, payload_limit_name: str = "SAGEMAKER_MAX_PAYLOAD_IN_MB"):
         # multi-model-server answers a request that outlasts its response timeout itself (500).
         self.upstream = Upstream("127.0.0.1", upstream_port, response_timeout_s + 10)
         self.unavailable = unavailable
         self.max_payload_bytes = max_payload_bytes
+        self.execution_parameters = execution_parameters
+        self.payload_limit_name = payload_limit_name
         self.runner: web.AppRunner | None = None
 
     # -- requests -------------------------------------------------------------------------------
@@ -57,6 +62,11 @@ class Front:
         if reason is None:
             return json_response(200, {"status": "Healthy"})
         return json_response(503, {"status": "Unhealthy", "reason": reason})
+
+    async def execution_parameters_answer(self, request: web.Request) -> web.Response:
+        if self.execution_parameters is None:
+            return await self.not_found(request)
+        return json_response(200, self.execution_parameters)
 
     async def invocations(self, request: web.Request) -> web.StreamResponse:
         reason = self.unavailable()
@@ -89,7 +99,7 @@ class Front:
 
     def too_large(self, what: str) -> web.Response:
         limit = self.max_payload_bytes
-        return json_response(413, {"error": f"{what}, above the limit of {limit} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB={limit / 1048576:g})"})
+        return json_response(413, {"error": f"{what}, above the limit of {limit} bytes ({self.payload_limit_name}={limit / 1048576:g})"})
 
     def server_error(self, status: int, data: bytes, headers: list) -> web.Response:
         """The handler's own errors pass unchanged; multi-model-server's get the same JSON shape."""
@@ -113,6 +123,7 @@ class Front:
         app = web.Application(client_max_size=self.max_payload_bytes)
         app.router.add_get("/ping", self.ping)
         app.router.add_post("/invocations", self.invocations)
+        app.router.add_get("/execution-parameters", self.execution_parameters_answer)
         app.router.add_route("*", "/{path:.*}", self.not_found)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()

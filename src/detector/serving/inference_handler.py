@@ -17,9 +17,10 @@ import numpy as np
 from ..environment import ServingEnvironment
 from ..errors import DetectorError
 from ..predictor import Detection, Predictor
-from .decoding import DecodedImages, DecodeLimits, decode_body
-from .encoding import SUPPORTED_ACCEPT, encode_predictions, negotiate
+from .decoding import DecodedImages, DecodeLimits, JsonLine, decode_body, decode_json_line
+from .encoding import COCO_TYPE, JSONLINES_TYPE, SUPPORTED_ACCEPT, encode_json_lines, encode_predictions, negotiate
 from .options import CUSTOM_ATTRIBUTES_HEADER, InferenceOptions, parse_custom_attributes
+from .request_errors import NotAcceptable, PayloadTooLarge, RequestError
 
 logger = logging.getLogger("detector.serving")
 
@@ -36,6 +37,8 @@ class InferenceResult:
     sizes: list[tuple[int, int]]  # (width, height) of each original image
     batch: bool
     masks: str = "rle"  # how a mask model's masks are encoded: rle, polygon or none
+    # A JSON Lines request: per record, (detections, (width, height)) or the error message naming its line.
+    lines: list | None = None
 
 
 def request_header(context, name: str, index: int = 0) -> str | None:
@@ -104,10 +107,51 @@ class InferenceHandler:
         return InferenceRequest(decode_body(body, content_type, self.limits), options)
 
     def predict_fn(self, data: InferenceRequest, model: Predictor, context=None) -> InferenceResult:
+        if data.decoded.lines is not None:
+            return InferenceResult([], [], True, data.options.masks, self.predict_lines(data.decoded.lines, data.options, model))
         images = data.decoded.images
         detections = model.predict(images, data.options.score_threshold, data.options.max_detections)
         sizes = [(image.shape[1], image.shape[0]) for image in images]
         return InferenceResult(detections, sizes, data.decoded.batch, data.options.masks)
+
+    def predict_lines(self, records: list[JsonLine], options: InferenceOptions, model: Predictor) -> list:
+        """Each record's answer, in order. Records are decoded and run a model batch at a time (at most
+        ``DETECTOR_MAX_BATCH_IMAGES`` images and ``DETECTOR_MAX_REQUEST_PIXELS`` decoded pixels), so a
+        large body never holds more decoded images than one batch; a bad record answers its own error."""
+        answers: list = [None] * len(records)
+        batch: list[tuple[int, np.ndarray]] = []
+        pixels = 0
+
+        def flush() -> None:
+            nonlocal pixels
+            if batch:
+                detections = model.predict([image for _, image in batch], options.score_threshold, options.max_detections)
+                for (index, image), found in zip(batch, detections):
+                    answers[index] = (found, (image.shape[1], image.shape[0]))
+                batch.clear()
+            pixels = 0
+
+        for index, record in enumerate(records):
+            if record.error is not None:
+                answers[index] = record.error
+                continue
+            try:
+                try:
+                    image = decode_json_line(record, self.limits, pixels)
+                except PayloadTooLarge:
+                    if not batch:
+                        raise
+                    flush()  # the batch so far is full: this image starts the next one
+                    image = decode_json_line(record, self.limits, pixels)
+            except RequestError as error:
+                answers[index] = error.message
+                continue
+            batch.append((index, image))
+            pixels += image.shape[0] * image.shape[1]
+            if len(batch) >= self.limits.max_batch_images:
+                flush()
+        flush()
+        return answers
 
     def response_type(self, accept: str | None) -> str:
         """The negotiated response type; raises ``NotAcceptable`` (406)."""
@@ -115,5 +159,9 @@ class InferenceHandler:
 
     def output_fn(self, prediction: InferenceResult, accept: str | None, context=None) -> tuple[bytes, str]:
         response_type = self.response_type(accept)
+        if prediction.lines is not None:
+            if response_type == COCO_TYPE:
+                raise NotAcceptable(f"a JSON Lines request is answered as {JSONLINES_TYPE} (one line per record), not {COCO_TYPE}")
+            return encode_json_lines(prediction.lines, prediction.masks), JSONLINES_TYPE
         body = encode_predictions(prediction.detections, prediction.sizes, prediction.batch, response_type, prediction.masks)
         return body, response_type

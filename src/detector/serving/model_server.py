@@ -35,13 +35,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..environment import ServingEnvironment, environ_with, path_list
+from ..environment import PAYLOAD_HANDOVER, ServingEnvironment, environ_with, path_list
 from ..errors import DetectorError
 
 HANDLER = "detector.serving.handler_service:handle"
 MMS_NAMESPACE = "com.amazonaws.ml.mms.ModelServer"
 STOP_GRACE_S = 10.0
 LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
+MIN_RESPONSE_BYTES = 100 * 1024 * 1024
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -71,6 +72,8 @@ def server_properties(settings: ServingEnvironment, inference_port: int, managem
         "default_response_timeout_seconds": str(settings.response_timeout_s),
         # The front refuses larger bodies with a JSON 413 before they get here.
         "max_request_size": str(settings.max_payload_bytes),
+        # A JSON Lines answer can be larger than its request; multi-model-server's default is 6553500 bytes.
+        "max_response_size": str(max(settings.max_payload_bytes, MIN_RESPONSE_BYTES)),
     }
 
 
@@ -174,6 +177,7 @@ def start_server(settings: ServingEnvironment) -> ServerProcess:
             "LOG_LOCATION": str(runtime_dir / "logs"),
             "METRICS_LOCATION": str(runtime_dir / "logs"),
             "PYTHONPATH": python_path,
+            PAYLOAD_HANDOVER: repr(settings.max_payload_mb),
         },
         # Written to the config by this module; the toolkit would reject a fractional value.
         remove=("SAGEMAKER_MAX_PAYLOAD_IN_MB",),
