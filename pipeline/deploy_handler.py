@@ -127,10 +127,12 @@ def deploy(clients: Clients, model_package_arn: str, settings: DeploySettings) -
                 "or deploy the serverless endpoint under another EndpointName"
             )
 
-    _create_unless_exists(client.create_model, "model", ModelName=model_name, ExecutionRoleArn=settings.role_arn,
-                          Containers=[{"ModelPackageName": model_package_arn}])
-    _create_unless_exists(client.create_endpoint_config, "endpoint configuration",
-                          **endpoint_config_request(settings, config_name, model_name))
+    if not _exists(client.describe_model, ModelName=model_name):
+        _create_unless_exists(client.create_model, "model", ModelName=model_name, ExecutionRoleArn=settings.role_arn,
+                              Containers=[{"ModelPackageName": model_package_arn}])
+    if not _exists(client.describe_endpoint_config, EndpointConfigName=config_name):
+        _create_unless_exists(client.create_endpoint_config, "endpoint configuration",
+                              **endpoint_config_request(settings, config_name, model_name))
     alarm_names = alarms.put_alarms(clients.cloudwatch, settings)
     result.update(EndpointConfigName=config_name, ModelName=model_name, Alarms=alarm_names)
     if endpoint is None:
@@ -221,6 +223,17 @@ def _all(call, key: str, **request) -> list[dict]:
         token = page.get("NextToken")
         if not token:
             return items
+
+
+def _exists(describe, **request) -> bool:
+    try:
+        describe(**request)
+        return True
+    except ClientError as e:
+        error = e.response.get("Error", {})
+        if error.get("Code") == "ValidationException" and "Could not find" in error.get("Message", ""):
+            return False
+        raise
 
 
 def _create_unless_exists(create, what: str, **request) -> None:
