@@ -18,6 +18,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--output", type=Path, default=None, help="where evaluation.json and evaluation.png go (default: processing/evaluation)")
     parser.add_argument("--annotations", default=None, help="annotation json in the test channel, when it holds several")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    parser.add_argument("--champion", type=Path, default=None,
+                        help="the champion model (the one in service), scored on the same channel: model.tar.gz, a directory holding one, or a model directory")
+    parser.add_argument("--champion-arn", default="none",
+                        help="the champion's model package ARN, written into evaluation.json; none: no champion (--champion is ignored)")
+    parser.add_argument("--max-regression", type=float, default=0.0,
+                        help="how far below the champion's AP the model may be (the bar in evaluation.json's champion section); default 0")
 
 
 def failure_file():
@@ -40,5 +46,8 @@ def run(args) -> int:
         output_dir=args.output or env.evaluation_output,
         annotation_file=args.annotations,
         device=args.device,
+        champion=args.champion,
+        champion_arn=args.champion_arn,
+        max_regression=args.max_regression,
     )
     return 0
