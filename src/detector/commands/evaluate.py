@@ -46,7 +46,8 @@ def run(args) -> int:
         output_dir=args.output or env.evaluation_output,
         annotation_file=args.annotations,
         device=args.device,
-        champion=args.champion,
+        # The champion's input of the processing job, when a champion is named without a path.
+        champion=args.champion or (env.processing_dir / "champion" if args.champion_arn != "none" else None),
         champion_arn=args.champion_arn,
         max_regression=args.max_regression,
     )
