@@ -229,6 +229,9 @@ def _build(settings: PipelineSettings):
                 )
             ),
             approval_status=params["ModelApprovalStatus"],
+            # Read by the deploy function: a package registered Approved is deployed by this execution's
+            # Deploy step, not again by the approval rule.
+            customer_metadata_properties={spec.REGISTERED_AS: params["ModelApprovalStatus"]},
             description="Detectron2 detector trained and evaluated by the detector pipeline",
         ),
     )

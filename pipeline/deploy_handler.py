@@ -44,6 +44,7 @@ logger = logging.getLogger()
 logger.setLevel(logging.INFO)
 
 SETTINGS_VARIABLE = "DETECTOR_DEPLOY_SETTINGS"
+REGISTERED_AS = "RegisteredAs"  # detector.pipeline_spec.REGISTERED_AS (the Lambda ships without the package)
 EVENT_TYPE = "SageMaker Model Package State Change"
 _BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
 KEEP = 3  # endpoint configurations (and their models) kept besides the one in service
@@ -86,17 +87,25 @@ def handler(event, context=None, client=None, clients: Clients | None = None, de
             except json.JSONDecodeError as e:
                 raise DeployError(f"{SETTINGS_VARIABLE} is not JSON ({e}); rerun `python -m pipeline deploy-lambda`") from None
         event = {**defaults, "model_package_arn": detail.get("ModelPackageArn", "")}
+        if not event["model_package_arn"]:
+            raise DeployError(f"{EVENT_TYPE} event without detail.ModelPackageArn; got detail keys {sorted(detail)}")
+        return deploy(clients, event["model_package_arn"], DeploySettings.from_event(event), approval_event=True)
     if not event.get("model_package_arn"):
         raise DeployError(f"deploy event is missing model_package_arn; got keys {sorted(event)}")
     return deploy(clients, event["model_package_arn"], DeploySettings.from_event(event))
 
 
-def deploy(clients: Clients, model_package_arn: str, settings: DeploySettings) -> dict:
+def deploy(clients: Clients, model_package_arn: str, settings: DeploySettings, approval_event: bool = False) -> dict:
     client = clients.sagemaker
     endpoint_name = settings.endpoint_name
     package = client.describe_model_package(ModelPackageName=model_package_arn)
     status = package.get("ModelApprovalStatus")
     result = {"statusCode": 200, "EndpointName": endpoint_name, "ModelPackageArn": model_package_arn, "EndpointMode": settings.endpoint_mode}
+    if approval_event and (package.get("CustomerMetadataProperties") or {}).get(REGISTERED_AS) == "Approved":
+        reason = (f"model package {model_package_arn} was registered Approved by a pipeline execution, whose Deploy step "
+                  f"deploys it; to deploy it again run python -m pipeline deploy {model_package_arn}")
+        logger.info("Not deploying: %s", reason)
+        return {**result, "Action": "skipped", "Reason": reason}
     if status != "Approved":
         reason = (f"model package {model_package_arn} is {status}; approve it (python -m pipeline approve {model_package_arn}) "
                   "and it is deployed, or run python -m pipeline deploy with its ARN")

@@ -160,6 +160,9 @@ def champion_bar(champion_value: float | None, max_regression: float) -> float:
     """What the challenger must reach on a metric: the champion's value minus MaxRegression (at least 0)."""
     return 0.0 if champion_value is None else max(0.0, round(champion_value - max_regression, 6))
 
+# Registration: the package's customer metadata key holding the approval status it was registered with.
+REGISTERED_AS = "RegisteredAs"
+
 # Registration: what the serving image accepts and answers.
 CONTENT_TYPES = ("image/jpeg", "image/png", "application/json", "application/x-npy")
 RESPONSE_TYPES = ("application/json",)

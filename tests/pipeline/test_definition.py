@@ -203,6 +203,7 @@ def test_registration(definition):
     assert inference["SupportedContentTypes"] == ["image/jpeg", "image/png", "application/json", "application/x-npy"]
     assert inference["SupportedResponseMIMETypes"] == ["application/json"]
     assert args["ModelApprovalStatus"] == {"Get": "Parameters.ModelApprovalStatus"}
+    assert args["CustomerMetadataProperties"] == {spec.REGISTERED_AS: {"Get": "Parameters.ModelApprovalStatus"}}
     statistics = args["ModelMetrics"]["ModelQuality"]["Statistics"]
     assert statistics["ContentType"] == "application/json"
     assert statistics["S3Uri"] == {

@@ -297,6 +297,21 @@ def test_eventbridge_approval_deploys_with_the_functions_settings(aws, monkeypat
     assert aws.describe_model(ModelName=result["ModelName"])["Containers"][0]["ModelPackageName"] == package
 
 
+def test_eventbridge_event_for_a_package_the_pipeline_registered_approved_is_left_to_its_deploy_step(aws):
+    aws.create_model_package_group(ModelPackageGroupName="detector")
+    package = aws.create_model_package(
+        ModelPackageGroupName="detector", ModelApprovalStatus="Approved", CustomerMetadataProperties={"RegisteredAs": "Approved"},
+        InferenceSpecification={"Containers": [{"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/detector-serve:1",
+                                                "ModelDataUrl": "s3://b/model.tar.gz"}],
+                                "SupportedContentTypes": ["image/jpeg"], "SupportedResponseMIMETypes": ["application/json"]},
+    )["ModelPackageArn"]
+    created = {"detail-type": "SageMaker Model Package State Change", "detail": {"ModelPackageArn": package, "ModelApprovalStatus": "Approved"}}
+    result = handler(created, clients=clients(aws), defaults={"endpoint_name": "detector", "role_arn": ROLE})
+    assert result["Action"] == "skipped" and "whose Deploy step deploys it" in result["Reason"]
+    assert aws.list_endpoints()["Endpoints"] == []
+    assert deploy(aws, package)["Action"] == "created"  # the pipeline's own input deploys it
+
+
 def test_eventbridge_event_without_settings_is_refused(aws, monkeypatch):
     monkeypatch.delenv(deploy_handler.SETTINGS_VARIABLE, raising=False)
     with pytest.raises(DeployError, match="missing endpoint_name, role_arn"):
@@ -353,3 +368,14 @@ def test_lambda_code_runs_with_only_boto3_and_the_standard_library(tmp_path):
     program = f"import {control.LAMBDA_HANDLER.rsplit('.', 1)[0]} as m; print(callable(m.handler))"
     result = subprocess.run([sys.executable, "-E", "-s", "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "True", result.stderr
+
+
+def test_names_shared_with_the_pipeline_agree():
+    from detector import pipeline_spec as spec
+
+    # The Lambda ships without the detector package: its copies of shared names must match.
+    assert deploy_handler.REGISTERED_AS == spec.REGISTERED_AS
+    assert deploy_handler.SETTINGS_VARIABLE == control.SETTINGS_VARIABLE
+    from pipeline.endpoint_config import MODES, TRAFFIC
+
+    assert spec.BY_NAME["EndpointMode"].choices == MODES and spec.BY_NAME["TrafficRouting"].choices == TRAFFIC
