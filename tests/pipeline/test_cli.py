@@ -224,3 +224,22 @@ def test_lambda_package_holds_the_handler_package():
         assert archive.namelist() == [f"pipeline/{name}" for name in control.LAMBDA_MODULES]
         assert b"def handler(event" in archive.read("pipeline/deploy_handler.py")
     assert control.handler_zip() == control.handler_zip()  # same bytes: no spurious code updates
+
+
+def test_deploy_wait_registers_autoscaling_once_in_service(aws, capsys):
+    package = register_pending(aws)
+    aws.update_model_package(ModelPackageArn=package, ModelApprovalStatus="Approved")
+    assert main(["deploy-lambda", "--region", REGION, "--lambda-role", lambda_role(), "--role", example.ROLE,
+                 "--instance-type", "ml.m5.large", "--setting", "max_instance_count=3", "--setting", "invocations_per_instance=50"]) == 0
+    capsys.readouterr()
+    assert main(["deploy", "--region", REGION, package, "--wait"]) == 0  # moto endpoints are InService at once
+    out = capsys.readouterr().out
+    decoder, documents, at = json.JSONDecoder(), [], 0
+    while at < len(out.rstrip()):
+        document, at = decoder.raw_decode(out, at)
+        documents.append(document)
+        at += len(out[at:]) - len(out[at:].lstrip())
+    first, second = documents
+    assert first["Action"] == "created" and second["Action"] == "unchanged"
+    [target] = boto3.client("application-autoscaling", region_name=REGION).describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 3)
