@@ -163,6 +163,8 @@ def deploy(clients: Clients, model_package_arn: str, settings: DeploySettings, a
     if settings.autoscaling:
         if action == "unchanged":
             result["Autoscaling"] = scaling.apply(clients.autoscaling, settings)
+        elif action == "updated" and not result.get("AutoscalingRemoved") and scaling.is_registered(clients.autoscaling, endpoint_name):
+            result["Autoscaling"] = "kept: the registered target and policy stay across the update (the next run on it refreshes them)"
         else:
             result["Autoscaling"] = "registered once the endpoint is InService: the next deployment run on this configuration does it"
     result["Deleted"] = cleanup(client, endpoint_name, keep={config_name, endpoint["EndpointConfigName"] if endpoint else config_name})

@@ -154,6 +154,7 @@ def test_autoscaling_is_registered_once_in_service_and_kept_across_updates(aws):
 
     updated = deploy(aws, register(aws, model_data="s3://b/2.tar.gz"), **scaled)
     assert updated["Action"] == "updated" and "AutoscalingRemoved" not in updated
+    assert updated["Autoscaling"].startswith("kept")
     assert len(autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]) == 1
 
     # Another instance type: Application Auto Scaling would refuse the update, so the target goes first.
