@@ -184,6 +184,9 @@ def run(args) -> int:
             print(f"created model package group {settings.model_package_group}")
         action, arn = control.upsert_pipeline(client, args.name, definition, settings.role, args.description)
         print(f"{action} {arn}")
+        if settings.deploy_lambda_arn.count(":") == 6:  # no version qualifier
+            print(f"note: {settings.deploy_lambda_arn} names no version, so the pipeline invokes $LATEST; "
+                  "pass the version ARN that `deploy-lambda` printed to pin what it runs", file=sys.stderr)
     elif args.command == "start":
         from detector.pipeline_spec import parse_overrides
 

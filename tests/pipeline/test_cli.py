@@ -19,7 +19,8 @@ EMPTY_DEFINITION = '{"Version": "2020-12-01", "Steps": []}'
 
 def test_upsert_creates_then_updates_the_pipeline(aws, capsys):
     assert main(["upsert", *example.CLI_ARGS]) == 0
-    group_line, pipeline_line = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    group_line, pipeline_line = captured.out.splitlines()
     assert group_line == "created model package group detector"
     assert aws.describe_model_package_group(ModelPackageGroupName="detector")["ModelPackageGroupName"] == "detector"
     action, arn = pipeline_line.split()
@@ -27,8 +28,11 @@ def test_upsert_creates_then_updates_the_pipeline(aws, capsys):
     stored = json.loads(aws.describe_pipeline(PipelineName="detector")["PipelineDefinition"])
     assert [s["Name"] for s in stored["Steps"]] == ["Train", "FindChampion", "Evaluate", "CheckTestingAP"]
 
-    assert main(["upsert", *example.CLI_ARGS, "--max-run", "3600", "--max-wait", "7200"]) == 0
-    assert capsys.readouterr().out.split() == ["updated", arn]
+    assert "names no version, so the pipeline invokes $LATEST" in captured.err
+    versioned = [*example.CLI_ARGS[:-1], example.LAMBDA_ARN + ":3"]
+    assert main(["upsert", *versioned, "--max-run", "3600", "--max-wait", "7200"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == ["updated", arn] and err == ""
     stored = json.loads(aws.describe_pipeline(PipelineName="detector")["PipelineDefinition"])
     assert stored["Steps"][0]["Arguments"]["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
     assert len(aws.list_pipelines()["PipelineSummaries"]) == 1
