@@ -162,6 +162,13 @@ def test_scores_the_champion_with_the_same_code(tiny_model_dir, tiny_model, tmp_
     assert document["champion"]["metrics"]["testing_ap"] == testing_ap
 
 
+def test_champion_arn_without_a_champion_path_is_refused(tmp_path):
+    from detector.evaluation.evaluator import EvaluationError, evaluate_model
+
+    with pytest.raises(EvaluationError, match="names a champion, but no --champion model was given"):
+        evaluate_model(tmp_path, tmp_path, tmp_path, champion_arn="local:model-package/detector/1")
+
+
 def test_no_champion_gives_a_zero_bar_and_no_champion_metrics(tmp_path):
     from detector.evaluation.evaluator import champion_section
 
@@ -173,7 +180,9 @@ def test_no_champion_gives_a_zero_bar_and_no_champion_metrics(tmp_path):
 
 def test_champion_arn_without_a_champion_model_is_refused(processing, tmp_path):
     arn = "arn:aws:sagemaker:us-east-1:111122223333:model-package/detector/1"
-    assert main(["evaluate", "--champion-arn", arn]) == 1
-    assert failure_reason(processing).strip() == f"--champion-arn {arn} names a champion, but no --champion model was given"
+    assert main(["evaluate", "--champion-arn", arn]) == 1  # the champion's processing input is missing
+    assert failure_reason(processing).strip() == (
+        f"champion model {processing / 'processing' / 'champion'} does not exist (--champion-arn {arn}); "
+        "expected a model.tar.gz or a model directory")
     assert main(["evaluate", "--max-regression", "2"]) == 1
     assert "--max-regression 2.0: expected 0 to 1" in failure_reason(processing)

@@ -90,6 +90,10 @@ def evaluate_model(
     with_champion = bool(champion_arn) and champion_arn != NO_CHAMPION
     if with_champion and champion is None:
         raise EvaluationError(f"--champion-arn {champion_arn} names a champion, but no --champion model was given")
+    if with_champion and not champion.exists():
+        raise EvaluationError(
+            f"champion model {champion} does not exist (--champion-arn {champion_arn}); expected a model.tar.gz or a model directory"
+        )
     dataset = load_coco(find_annotation_file(test_channel, "test", annotation_file))
     metrics, labels = _score(model, dataset, device)
     print_metric_lines("testing", metrics)
