@@ -1,4 +1,4 @@
-"""``python -m pipeline <command>``: print, upsert, start and watch the pipeline; install the deploy Lambda.
+"""``python -m pipeline <command>``: print, upsert, start and watch the pipeline; install the deploy Lambda; approve and deploy.
 
 Every option has an environment-variable default (shown in ``--help``). AWS errors are reported in
 one line and exit with status 1; bad options exit with status 2.
@@ -30,6 +30,10 @@ DEFAULTS = {"name": "detector", "prefix": "detector", "function_name": "detector
 
 class UsageError(DetectorError):
     pass
+
+
+class DeployRefused(DetectorError):
+    """The deployment cannot go ahead (the endpoint's state, the settings)."""
 
 
 def _option(parser, flag: str, help: str, **kwargs) -> None:
@@ -85,11 +89,38 @@ def build_parser() -> argparse.ArgumentParser:
     _common(status)
     status.add_argument("execution_arn", nargs="?", help="execution ARN (default: the latest one)")
 
-    deploy_lambda = sub.add_parser("deploy-lambda", help="create or update the deploy Lambda function; prints its ARN")
+    deploy_lambda = sub.add_parser(
+        "deploy-lambda",
+        help="create or update the deploy Lambda function and its approval rule; prints the published version's ARN",
+    )
     _option(deploy_lambda, "--region", "AWS region")
     _option(deploy_lambda, "--function-name", "function name, default detector-deploy")
-    _option(deploy_lambda, "--lambda-role", "execution role ARN of the function (see README.md, Permissions for its permissions)")
+    _option(deploy_lambda, "--lambda-role", "execution role ARN of the function (see docs/pipeline.md, Permissions)")
+    _option(deploy_lambda, "--role", "SageMaker execution role ARN the deployed models run with")
+    _deploy_settings_options(deploy_lambda)
+
+    approve = sub.add_parser("approve", help="approve a model package; the approval rule then deploys it")
+    _option(approve, "--region", "AWS region")
+    approve.add_argument("package_arn", help="model package ARN")
+    approve.add_argument("--description", default="", help="approval description")
+
+    deploy = sub.add_parser("deploy", help="deploy a model package now, with the deploy function's settings (no Lambda invocation)")
+    _option(deploy, "--region", "AWS region")
+    _option(deploy, "--function-name", "deploy function whose settings apply, default detector-deploy")
+    deploy.add_argument("package_arn", help="model package ARN (it must be Approved)")
+    deploy.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="override one deploy setting, e.g. endpoint_mode=serverless (repeatable)")
+    deploy.add_argument("--wait", action="store_true", help="wait until the endpoint is InService, then register autoscaling")
     return parser
+
+
+def _deploy_settings_options(parser) -> None:
+    parser.add_argument("--model-package-group", default="detector", help="group whose approvals are deployed (default detector)")
+    parser.add_argument("--endpoint-name", default="detector", help="endpoint approved packages go to (default detector)")
+    parser.add_argument("--instance-type", default="ml.g5.xlarge", help="endpoint instance type (default ml.g5.xlarge)")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="another deploy setting for approved packages, e.g. endpoint_mode=async or max_instance_count=4 "
+                             "(repeatable; the names are the Deploy step's inputs, see docs/pipeline.md)")
 
 
 def _require(args, *names: str) -> None:
@@ -153,6 +184,9 @@ def run(args) -> int:
             print(f"created model package group {settings.model_package_group}")
         action, arn = control.upsert_pipeline(client, args.name, definition, settings.role, args.description)
         print(f"{action} {arn}")
+        if settings.deploy_lambda_arn.count(":") == 6:  # no version qualifier
+            print(f"note: {settings.deploy_lambda_arn} names no version, so the pipeline invokes $LATEST; "
+                  "pass the version ARN that `deploy-lambda` printed to pin what it runs", file=sys.stderr)
     elif args.command == "start":
         from detector.pipeline_spec import parse_overrides
 
@@ -170,10 +204,72 @@ def run(args) -> int:
         for step in steps:
             print(f"  {step.name:<16} {step.status:<10} {step.detail}".rstrip())
     elif args.command == "deploy-lambda":
-        _require(args, "region", "function_name", "lambda_role")
-        action, arn = control.upsert_deploy_lambda(_client("lambda", args.region), args.function_name, args.lambda_role)
+        _require(args, "region", "function_name", "lambda_role", "role")
+        settings = {"endpoint_name": args.endpoint_name, "instance_type": args.instance_type, "role_arn": args.role,
+                    **_pairs(args.setting, "--setting")}
+        _check_deploy_settings(settings)
+        lambda_client = _client("lambda", args.region)
+        action, arn = control.upsert_deploy_lambda(lambda_client, args.function_name, args.lambda_role, deploy_settings=settings)
         print(f"{action} {arn}")
+        rule = control.upsert_approval_rule(_client("events", args.region), lambda_client, arn, args.model_package_group)
+        print(f"approval rule {rule}")
+    elif args.command == "approve":
+        _require(args, "region")
+        before = control.approve_package(_client("sagemaker", args.region), args.package_arn, args.description)
+        print(f"approved {args.package_arn} (was {before}); the approval rule deploys it")
+    elif args.command == "deploy":
+        _deploy_now(args)
     return 0
+
+
+def _check_deploy_settings(settings: dict) -> None:
+    from .endpoint_config import DeployError, DeploySettings
+
+    unknown = sorted(set(settings) - set(DeploySettings.__dataclass_fields__))
+    if unknown:
+        raise UsageError(f"unknown deploy setting {', '.join(unknown)}; expected one of {', '.join(DeploySettings.__dataclass_fields__)}")
+    try:
+        DeploySettings.from_event(settings)
+    except DeployError as e:
+        raise UsageError(str(e)) from None
+
+
+def _deploy_now(args) -> None:
+    from . import deploy_handler
+
+    _require(args, "region", "function_name")
+    lambda_client = _client("lambda", args.region)
+    settings = {**control_settings(lambda_client, args.function_name), **_pairs(args.setting, "--setting")}
+    _check_deploy_settings(settings)
+    clients = deploy_handler.Clients(
+        _client("sagemaker", args.region), _client("cloudwatch", args.region), _client("application-autoscaling", args.region)
+    )
+    run_once = lambda: deploy_handler.deploy(clients, args.package_arn, deploy_handler.DeploySettings.from_event(settings))  # noqa: E731
+    result = _deploy_call(run_once)
+    print(json.dumps(result, indent=2, default=str))
+    if args.wait and result.get("Action") in ("created", "updated", "in-progress"):
+        name = result["EndpointName"]
+        print(f"waiting for endpoint {name} to be InService ...", file=sys.stderr)
+        clients.sagemaker.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig={"Delay": 30, "MaxAttempts": 120})
+        print(json.dumps(_deploy_call(run_once), indent=2, default=str))
+
+
+def _deploy_call(call) -> dict:
+    from .endpoint_config import DeployError
+
+    try:
+        return call()
+    except DeployError as e:
+        raise DeployRefused(str(e)) from None
+
+
+def control_settings(lambda_client, function_name: str) -> dict:
+    """The deploy settings the function was installed with (``deploy-lambda``)."""
+    from . import control
+
+    configuration = lambda_client.get_function_configuration(FunctionName=function_name)
+    text = configuration.get("Environment", {}).get("Variables", {}).get(control.SETTINGS_VARIABLE, "{}")
+    return json.loads(text)
 
 
 def describe_error(error: BaseException) -> str | None:

@@ -1,9 +1,12 @@
 """Build the SageMaker Pipeline (SDK v3) fully offline.
 
-Train (managed Spot, checkpoints per execution) -> Evaluate (``detector evaluate`` in the training image)
--> CheckTestingAP (``metrics.testing_ap.value`` >= MinTestingAP) -> Register (serving image) -> Deploy
-(Lambda), or TestingAPTooLow (Fail) when the gate does not pass. The gate's metric is ``gate_metric``
-(``testing_ap``, or ``testing_mask_ap`` by default when the ``model`` hyperparameter names Mask R-CNN).
+Train (managed Spot, checkpoints per execution) -> FindChampion (the deploy Lambda: the package the endpoint
+serves, else the newest Approved one) -> Evaluate (``detector evaluate`` in the training image, scoring the
+new model and the champion on the same channel) -> CheckTestingAP (``metrics.testing_ap.value`` >=
+MinTestingAP, else TestingAPTooLow) -> CheckChampion (testing_ap >= the champion's minus MaxRegression,
+``champion.bar.testing_ap``, else WorseThanChampion) -> Register (serving image) -> Deploy (Lambda), and the
+optional Transform step. The gate's metric is ``gate_metric`` (``testing_ap``, or ``testing_mask_ap`` by
+default when the ``model`` hyperparameter names Mask R-CNN).
 
 The SDK is imported and driven with a session holding placeholder credentials, role validation and
 telemetry off, and every S3 location explicit, so building the definition sends nothing anywhere.
@@ -154,7 +157,26 @@ def _build(settings: PipelineSettings, gate_metric: str | None = None):
     )
     model_artifact = train.properties.ModelArtifacts.S3ModelArtifacts
 
+    lambda_function = Lambda(function_arn=settings.deploy_lambda_arn, session=session)
+    find_champion = LambdaStep(
+        name=spec.STEP_FIND_CHAMPION,
+        lambda_func=lambda_function,
+        inputs={
+            "action": "find_champion",
+            "endpoint_name": params["EndpointName"],
+            "model_package_group": settings.model_package_group,
+            # With no champion the Evaluate step still needs an S3 input: the new model, ignored there.
+            "fallback_model_data": model_artifact,
+        },
+        outputs=[
+            LambdaOutput(output_name=name, output_type=LambdaOutputTypeEnum.String)
+            for name in ("ChampionArn", "ChampionModelData", "ChampionSource")
+        ],
+    )
+    champion_arn = find_champion.properties.Outputs["ChampionArn"]
+
     paths = ProcessingEnvironment(CONTAINER_ROOT)
+    champion_path = paths.processing_dir / "champion"
     evaluator = Processor(
         role=settings.role,
         image_uri=settings.train_image,
@@ -173,6 +195,11 @@ def _build(settings: PipelineSettings, gate_metric: str | None = None):
             inputs=[
                 _s3_input(ProcessingInput, ProcessingS3Input, "model", model_artifact, paths.model_input),
                 _s3_input(ProcessingInput, ProcessingS3Input, "test", params["TestingData"], paths.test_input),
+                _s3_input(ProcessingInput, ProcessingS3Input, "champion", find_champion.properties.Outputs["ChampionModelData"], champion_path),
+            ],
+            arguments=[
+                "--champion", str(champion_path), "--champion-arn", champion_arn,
+                "--max-regression", params["MaxRegression"].to_string(),
             ],
             outputs=[
                 ProcessingOutput(
@@ -186,6 +213,8 @@ def _build(settings: PipelineSettings, gate_metric: str | None = None):
         property_files=[report],
     )
     testing_ap = JsonGet(step_name=evaluate.name, property_file=report, json_path=spec.gate_metric_path(gate_metric))
+    champion_ap = JsonGet(step_name=evaluate.name, property_file=report, json_path=f"{spec.CHAMPION}.metrics.{gate_metric}")
+    champion_bar = JsonGet(step_name=evaluate.name, property_file=report, json_path=spec.champion_bar_path(gate_metric))
 
     builder = ModelBuilder(
         image_uri=settings.serve_image,
@@ -210,18 +239,22 @@ def _build(settings: PipelineSettings, gate_metric: str | None = None):
                 )
             ),
             approval_status=params["ModelApprovalStatus"],
+            # Read by the deploy function: a package registered Approved is deployed by this execution's
+            # Deploy step, not again by the approval rule.
+            customer_metadata_properties={spec.REGISTERED_AS: params["ModelApprovalStatus"]},
             description="Detectron2 detector trained and evaluated by the detector pipeline",
         ),
     )
     deploy = LambdaStep(
         name=spec.STEP_DEPLOY,
-        lambda_func=Lambda(function_arn=settings.deploy_lambda_arn, session=session),
+        lambda_func=lambda_function,
         inputs={
             "model_package_arn": register.properties.ModelPackageArn,
-            "endpoint_name": params["EndpointName"],
-            "instance_type": params["EndpointInstanceType"],
-            "instance_count": 1,
             "role_arn": settings.role,
+            **{key: params[name] for key, name in DEPLOY_INPUTS.items()},
+            "async_output_s3": f"{root}/async/output/",
+            "async_failure_s3": f"{root}/async/failures/",
+            "data_capture_s3": f"{root}/data-capture/",
         },
         outputs=[
             LambdaOutput(output_name="EndpointName", output_type=LambdaOutputTypeEnum.String),
@@ -236,16 +269,32 @@ def _build(settings: PipelineSettings, gate_metric: str | None = None):
         ),
     )
     transform = _transform_steps(settings, session, params, model_artifact, register)
+    parts = spec.champion_fail_message_parts(gate_metric)
+    worse = FailStep(
+        name=spec.STEP_CHAMPION_FAIL,
+        error_message=Join(
+            on=" ",
+            values=[parts[0], testing_ap, parts[1], champion_ap, parts[2], params["MaxRegression"], parts[3], champion_bar,
+                    parts[4], champion_arn],
+        ),
+    )
+    # Two tests, one after the other, so that the Fail step names the one that failed.
+    check_champion = ConditionStep(
+        name=spec.STEP_CHECK_CHAMPION,
+        conditions=[ConditionGreaterThanOrEqualTo(left=testing_ap, right=champion_bar)],
+        if_steps=[register, deploy, transform],
+        else_steps=[worse],
+    )
     check = ConditionStep(
         name=spec.STEP_CHECK,
         conditions=[ConditionGreaterThanOrEqualTo(left=testing_ap, right=params["MinTestingAP"])],
-        if_steps=[register, deploy, transform],
+        if_steps=[check_champion],
         else_steps=[too_low],
     )
     return Pipeline(
         name=settings.pipeline_name,
         parameters=list(params.values()),
-        steps=[train, evaluate, check],
+        steps=[train, find_champion, evaluate, check],
         sagemaker_session=session,
         pipeline_experiment_config=None,  # no SageMaker Experiments: fewer permissions for the role
     )
@@ -300,6 +349,27 @@ def _transform_steps(settings: PipelineSettings, session, params: dict, model_ar
         if_steps=[model, transform],
         else_steps=[],
     )
+
+
+# Deploy Lambda input -> the pipeline parameter that sets it.
+DEPLOY_INPUTS = {
+    "endpoint_name": "EndpointName",
+    "instance_type": "EndpointInstanceType",
+    "endpoint_mode": "EndpointMode",
+    "instance_count": "EndpointMinInstances",
+    "max_instance_count": "EndpointMaxInstances",
+    "invocations_per_instance": "InvocationsPerInstance",
+    "traffic_routing": "TrafficRouting",
+    "traffic_percent": "TrafficPercent",
+    "bake_time_s": "BakeTimeSeconds",
+    "latency_alarm_ms": "LatencyAlarmMs",
+    "data_capture_percent": "DataCapturePercent",
+    "async_max_concurrent": "AsyncMaxConcurrentInvocations",
+    "async_success_topic": "AsyncSuccessTopic",
+    "async_error_topic": "AsyncErrorTopic",
+    "serverless_memory_mb": "ServerlessMemoryMB",
+    "serverless_max_concurrency": "ServerlessMaxConcurrency",
+}
 
 
 def _s3_input(input_cls, s3_cls, name: str, s3_uri, local_path: Path):

@@ -42,7 +42,18 @@ def test_hyperparameters_are_real_training_hyperparameters():
 def test_root_placeholder_is_filled_in():
     values = pipeline_spec.defaults("s3://bucket/detector/")
     assert values["s3Path"] == "s3://bucket/detector/checkpoints"
-    assert values["TrainingData"] == "s3://bucket/detector/data/training"
+    # Channel prefixes end with '/': data/training must not also pick up data/training-old/.
+    assert (values["TrainingData"], values["TestingData"]) == ("s3://bucket/detector/data/training/", "s3://bucket/detector/data/testing/")
+
+
+def test_champion_bar_and_messages():
+    assert pipeline_spec.champion_bar(None, 0.1) == 0.0  # no champion: the absolute bar alone decides
+    assert pipeline_spec.champion_bar(0.6, 0.05) == 0.55
+    assert pipeline_spec.champion_bar(0.02, 0.05) == 0.0
+    assert pipeline_spec.champion_bar_path() == "champion.bar.testing_ap"
+    assert pipeline_spec.champion_metric_path() == "metrics.champion_testing_ap.value"
+    message = pipeline_spec.champion_fail_message(0.5, 0.6, 0.0, 0.6, "arn:x")
+    assert message == "Model not registered: testing_ap 0.5 is below the champion's testing_ap 0.6 minus MaxRegression 0.0 = bar 0.6 ; champion arn:x"
 
 
 def test_metric_regexes_capture_the_lines_training_prints():

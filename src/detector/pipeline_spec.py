@@ -85,15 +85,38 @@ PARAMETERS: tuple[Parameter, ...] = (
               hyperparameter="weights"),
     Parameter("s3Path", STRING, "{root}/checkpoints",
               "Checkpoint root; each execution checkpoints to <s3Path>/<execution id>, so a Spot restart resumes and a new run starts fresh."),
-    Parameter("TrainingData", STRING, "{root}/data/training", "COCO training channel (a prefix with one annotation json and the images)."),
-    Parameter("TestingData", STRING, "{root}/data/testing", "COCO testing channel, used during training and by the evaluation step."),
+    # Prefixes end with '/': s3://b/data/training would also match s3://b/data/training-old/.
+    Parameter("TrainingData", STRING, "{root}/data/training/", "COCO training channel (a prefix with one annotation json and the images)."),
+    Parameter("TestingData", STRING, "{root}/data/testing/", "COCO testing channel, used during training and by the evaluation step."),
     Parameter("EvaluationInstanceType", STRING, "ml.g5.xlarge", "Instance type of the evaluation processing job."),
     Parameter("MinTestingAP", FLOAT, 0.5, "Gate: the model is registered and deployed only if testing_ap (COCO AP, 0..1) is at least this.",
               minimum=0.0, maximum=1.0),
+    Parameter("MaxRegression", FLOAT, 0.0,
+              "Gate: testing_ap must also be at least the champion's (the model the endpoint serves, else the newest Approved package) "
+              "minus this; a first model with no champion passes on MinTestingAP alone.", minimum=0.0, maximum=1.0),
     Parameter("ModelApprovalStatus", STRING, "Approved",
               "Approval status of the registered model package; the deploy step only deploys Approved packages.", choices=APPROVAL_STATUSES),
     Parameter("EndpointName", STRING, "detector", "Endpoint to create, or to update in place when it exists."),
-    Parameter("EndpointInstanceType", STRING, "ml.g5.xlarge", "Instance type of the endpoint."),
+    Parameter("EndpointInstanceType", STRING, "ml.g5.xlarge", "Instance type of the endpoint (realtime and async modes)."),
+    Parameter("EndpointMode", STRING, "realtime", "realtime, async (S3 in and out, large images, long requests) or serverless (CPU only).",
+              choices=("realtime", "async", "serverless")),
+    Parameter("EndpointMinInstances", INTEGER, 1, "Instances at start and the autoscaling minimum.", minimum=1),
+    Parameter("EndpointMaxInstances", INTEGER, 1, "Autoscaling maximum (at least EndpointMinInstances).", minimum=1),
+    Parameter("InvocationsPerInstance", FLOAT, 0.0,
+              "Autoscaling target of SageMakerVariantInvocationsPerInstance (per minute); 0 turns autoscaling off.", minimum=0.0),
+    Parameter("TrafficRouting", STRING, "ALL_AT_ONCE", "Blue/green traffic shifting of an update: ALL_AT_ONCE, CANARY or LINEAR.",
+              choices=("ALL_AT_ONCE", "CANARY", "LINEAR")),
+    Parameter("TrafficPercent", INTEGER, 10, "Canary size or linear step, in % of the new fleet's capacity.", minimum=1, maximum=99),
+    Parameter("BakeTimeSeconds", INTEGER, 300, "Blue/green bake time per traffic step before the old fleet goes.", minimum=0, maximum=3600),
+    Parameter("LatencyAlarmMs", INTEGER, 5000, "Roll an update back when the average model latency exceeds this (ms); 0: no latency alarm.",
+              minimum=0),
+    Parameter("DataCapturePercent", INTEGER, 0, "Share of requests captured (images and predictions) under <root>/data-capture/; 0: off.",
+              minimum=0, maximum=100),
+    Parameter("AsyncMaxConcurrentInvocations", INTEGER, 4, "Async mode: concurrent requests per instance.", minimum=1, maximum=1000),
+    Parameter("AsyncSuccessTopic", STRING, "none", "Async mode: SNS topic ARN told of each result, or none."),
+    Parameter("AsyncErrorTopic", STRING, "none", "Async mode: SNS topic ARN told of each failure, or none."),
+    Parameter("ServerlessMemoryMB", INTEGER, 6144, "Serverless mode: memory, 1024 to 6144 in steps of 1024.", minimum=1024, maximum=6144),
+    Parameter("ServerlessMaxConcurrency", INTEGER, 5, "Serverless mode: concurrent requests.", minimum=1, maximum=200),
 )
 
 # The optional Transform step after Register: skipped while TransformInput is empty.
@@ -118,12 +141,43 @@ TRAINING_CHANNEL, TESTING_CHANNEL = "training", "testing"
 EVALUATION_OUTPUT = "evaluation"
 EVALUATION_FILE = "evaluation.json"
 EVALUATION_PLOT = "evaluation.png"
-TESTING_AP_PATH = "metrics.testing_ap.value"
+
+
+def metric_path(name: str) -> str:
+    """The JsonGet path of a metric in evaluation.json."""
+    return f"metrics.{name}.value"
+
+
+# The gate's default metric (box AP); every gate path and message below derives from a metric name.
+GATE_METRIC = "testing_ap"
+TESTING_AP_PATH = metric_path(GATE_METRIC)
+# The champion (the model in service) is scored by the same evaluation step: its metrics are the
+# challenger's names with this prefix (champion_testing_ap), and the "champion" section holds its ARN
+# and, per metric, the bar the challenger must reach (champion's value minus MaxRegression; 0 with no champion).
+CHAMPION = "champion"
+CHAMPION_PREFIX = "champion_"
+NO_CHAMPION = "none"
+
+
+def champion_metric_path(metric: str = GATE_METRIC) -> str:
+    return metric_path(CHAMPION_PREFIX + metric)
+
+
+def champion_bar_path(metric: str = GATE_METRIC) -> str:
+    return f"{CHAMPION}.bar.{metric}"
+
+
+def champion_bar(champion_value: float | None, max_regression: float) -> float:
+    """What the challenger must reach on a metric: the champion's value minus MaxRegression (at least 0)."""
+    return 0.0 if champion_value is None else max(0.0, round(champion_value - max_regression, 6))
+
+# Registration: the package's customer metadata key holding the approval status it was registered with.
+REGISTERED_AS = "RegisteredAs"
 
 # The gate: which metric of evaluation.json the condition compares with MinTestingAP. Box AP by
 # default; mask AP for a mask model (a `model` hyperparameter naming Mask R-CNN).
 GATE_METRICS = ("testing_ap", "testing_mask_ap")
-DEFAULT_GATE_METRIC = "testing_ap"
+DEFAULT_GATE_METRIC = GATE_METRIC
 MASK_METRIC_DEFINITIONS: tuple[tuple[str, str], ...] = (
     ("training_mask_ap", r"training_mask_ap ([0-9\.]+)"),
     ("testing_mask_ap", r"testing_mask_ap ([0-9\.]+)"),
@@ -156,11 +210,14 @@ def fail_message_parts(metric: str = DEFAULT_GATE_METRIC) -> tuple[str, str]:
 CONTENT_TYPES = ("image/jpeg", "image/png", "application/json", "application/x-npy")
 RESPONSE_TYPES = ("application/json",)
 
-# Step names, in execution order (the fail step runs instead of the last two when the gate fails).
+# Step names, in execution order (a fail step runs instead of the rest when a gate test fails).
 STEP_TRAIN = "Train"
+STEP_FIND_CHAMPION = "FindChampion"
 STEP_EVALUATE = "Evaluate"
 STEP_CHECK = "CheckTestingAP"
 STEP_FAIL = "TestingAPTooLow"
+STEP_CHECK_CHAMPION = "CheckChampion"
+STEP_CHAMPION_FAIL = "WorseThanChampion"
 STEP_REGISTER = "Register"
 STEP_DEPLOY = "Deploy"
 # The optional Transform step (after Register, while TransformInput is not empty) and its parts.
@@ -169,14 +226,30 @@ STEP_TRANSFORM_MODEL = "TransformModel"
 STEP_TRANSFORM = "Transform"
 TRANSFORM_OUTPUT = "transform"  # {root}/transform/<execution id>/ on SageMaker, the step's folder locally
 
-# The Fail step's message: these parts joined with spaces around the measured AP and the threshold.
+# The Fail steps' messages: these parts joined with spaces around the numbers.
 FAIL_MESSAGE_PARTS = fail_message_parts(DEFAULT_GATE_METRIC)
 
 
+def champion_fail_message_parts(metric: str = DEFAULT_GATE_METRIC) -> tuple[str, ...]:
+    """The champion test's Fail message around the challenger's value, the champion's, MaxRegression, the bar and the champion's ARN."""
+    return (f"Model not registered: {metric}", f"is below the champion's {metric}", "minus MaxRegression", "= bar", "; champion")
+
+
+CHAMPION_FAIL_MESSAGE_PARTS = champion_fail_message_parts(DEFAULT_GATE_METRIC)
+
+
 def fail_message(testing_ap: float, threshold: float, metric: str = DEFAULT_GATE_METRIC) -> str:
-    """The Fail step's message as the local runner prints it."""
+    """The absolute test's Fail message as the local runner prints it."""
     first, second = fail_message_parts(metric)
     return f"{first} {testing_ap} {second} {threshold}"
+
+
+def champion_fail_message(
+    testing_ap: float, champion_ap: float, max_regression: float, bar: float, champion_arn: str, metric: str = DEFAULT_GATE_METRIC
+) -> str:
+    """The champion test's Fail message as the local runner prints it (the pipeline's Join gives the same words)."""
+    parts = champion_fail_message_parts(metric)
+    return f"{parts[0]} {testing_ap} {parts[1]} {champion_ap} {parts[2]} {max_regression} {parts[3]} {bar} {parts[4]} {champion_arn}"
 
 
 def defaults(root: str) -> dict[str, Value]:

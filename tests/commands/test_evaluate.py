@@ -144,3 +144,49 @@ def test_broken_annotations_are_reported(processing):
     (processing / "processing" / "test" / "annotations.json").write_text("{not json")
     assert main(["evaluate"]) == 1
     assert "annotations.json: not valid JSON" in failure_reason(processing)
+
+
+@pytest.mark.slow
+def test_scores_the_champion_with_the_same_code(tiny_model_dir, tiny_model, tmp_path, monkeypatch):
+    from detector.pipeline_spec import champion_bar_path, champion_metric_path
+
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path / "ml"))
+    champion = make_archive(tiny_model_dir, tmp_path / "champion" / "model.tar.gz")
+    arn = "arn:aws:sagemaker:us-east-1:111122223333:model-package/detector/3"
+    rc = main(["evaluate", "--model", str(tiny_model_dir), "--test", str(tiny_model / "input" / "data" / "testing"),
+               "--output", str(tmp_path / "out"), "--device", "cpu", "--champion", str(champion.parent),
+               "--champion-arn", arn, "--max-regression", "0.05"])
+    assert rc == 0
+    document = json.loads((tmp_path / "out" / EVALUATION_FILE).read_text())
+    testing_ap = json_get(document, TESTING_AP_PATH)
+    # The same model as champion: the same numbers, so the scoring path is the same.
+    assert json_get(document, champion_metric_path()) == testing_ap
+    assert json_get(document, champion_bar_path()) == max(0.0, round(testing_ap - 0.05, 6))
+    assert document["champion"]["arn"] == arn and document["champion"]["max_regression"] == 0.05
+    assert document["champion"]["metrics"]["testing_ap"] == testing_ap
+
+
+def test_champion_arn_without_a_champion_path_is_refused(tmp_path):
+    from detector.evaluation.evaluator import EvaluationError, evaluate_model
+
+    with pytest.raises(EvaluationError, match="names a champion, but no --champion model was given"):
+        evaluate_model(tmp_path, tmp_path, tmp_path, champion_arn="local:model-package/detector/1")
+
+
+def test_no_champion_gives_a_zero_bar_and_no_champion_metrics(tmp_path):
+    from detector.evaluation.evaluator import champion_section
+
+    document = {"metrics": {"testing_ap": {"value": 0.4}, "testing_ap50": {"value": 0.7}}, "num_images": 2}
+    section = champion_section(document, None, "arn:ignored", 0.1)
+    assert section["champion"] == {"arn": "none", "max_regression": 0.1, "metrics": {}, "bar": {"testing_ap": 0.0, "testing_ap50": 0.0}}
+    assert set(section["metrics"]) == {"testing_ap", "testing_ap50"}
+
+
+def test_champion_arn_without_a_champion_model_is_refused(processing, tmp_path):
+    arn = "arn:aws:sagemaker:us-east-1:111122223333:model-package/detector/1"
+    assert main(["evaluate", "--champion-arn", arn]) == 1  # the champion's processing input is missing
+    assert failure_reason(processing).strip() == (
+        f"champion model {processing / 'processing' / 'champion'} does not exist (--champion-arn {arn}); "
+        "expected a model.tar.gz or a model directory")
+    assert main(["evaluate", "--max-regression", "2"]) == 1
+    assert "--max-regression 2.0: expected 0 to 1" in failure_reason(processing)

@@ -61,3 +61,14 @@ def test_pretrained_weights_registry_latest_names_the_newest_approved_archive(tm
     # The local default: the small model's own (empty) weights, nothing downloaded.
     default = LocalRun(root=tmp_path, parameters=local_parameters(tmp_path, {}), execution_id="y", backend=ProcessBackend())
     assert default.training_hyperparameters()["weights"] == "default"
+
+
+def test_latest_approved_is_the_newest_approved_package(tmp_path, artifacts):
+    registry = LocalModelRegistry(tmp_path / "registry")
+    assert registry.latest_approved("detector") is None
+    register(registry, artifacts)
+    second = register(registry, artifacts)
+    register(registry, artifacts, "PendingManualApproval")
+    assert registry.latest_approved("detector").version == second.version
+    registry.set_approval("detector", 2, "Rejected")
+    assert registry.latest_approved("detector").version == 1

@@ -6,16 +6,19 @@ import json
 import re
 import signal
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
 from helpers import detector_command, detector_env
+from detector import pipeline_spec as spec
 from detector.data.synthetic import generate_channels
+from detector.local.backends import ProcessBackend
+from detector.local.registry import LocalModelRegistry
+from detector.local.runner import LocalRun, PipelineFailed, local_parameters
 from detector.pipeline_spec import EVALUATION_FILE
-
-pytestmark = pytest.mark.slow
 
 SMALL = ["--param", "MaxIter=12", "--no-progress"]
 
@@ -40,6 +43,7 @@ def the_execution(root: Path) -> Path:
     return executions[0]
 
 
+@pytest.mark.slow
 def test_runs_every_step_and_serves_the_registered_model(tmp_path, data):
     result = pipeline(tmp_path, data, *SMALL, "--param", "MinTestingAP=0", "--param", "TransformInput=testing")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -59,7 +63,7 @@ def test_runs_every_step_and_serves_the_registered_model(tmp_path, data):
     assert set(response) >= {"detections", "image"}
     assert {d["category_id"] for d in response["detections"]} <= {3, 7, 12}
 
-    for step in ("Data", "Train", "Evaluate", "CheckTestingAP", "Register", "Deploy"):
+    for step in ("Data", "Train", "Evaluate", "CheckTestingAP", "CheckChampion", "Register", "Deploy"):
         assert re.search(rf"^  {step}\s+succeeded\s+[0-9.]+ s$", result.stdout, re.M), step
     assert "local:model-package/detector/1 (Approved)" in result.stdout
     assert re.search(r"testing_ap\s+[0-9.]+", result.stdout)
@@ -72,6 +76,7 @@ def test_runs_every_step_and_serves_the_registered_model(tmp_path, data):
     assert isinstance(json.loads((execution / "transform" / "predictions.coco.json").read_text()), list)
 
 
+@pytest.mark.slow
 def test_low_ap_stops_at_the_gate_and_registers_nothing(tmp_path, data):
     result = pipeline(tmp_path, data, *SMALL, "--param", "MinTestingAP=1.0")
     assert result.returncode == 1
@@ -81,6 +86,7 @@ def test_low_ap_stops_at_the_gate_and_registers_nothing(tmp_path, data):
     assert not (the_execution(tmp_path) / "deploy").exists()
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_training_from_its_checkpoints(tmp_path, data):
     args = detector_command("pipeline", "--local", "--root", str(tmp_path), "--data", str(data), "--no-progress",
                             "--param", "MaxIter=60", "--param", "MinTestingAP=0")
@@ -109,6 +115,7 @@ def test_an_interrupted_run_resumes_training_from_its_checkpoints(tmp_path, data
     assert f"at iteration {iteration} of 60" in train_log
 
 
+@pytest.mark.slow
 def test_relative_root_from_the_project_root_and_from_another_directory(tmp_path, data):
     """The README's default `--root runs/pipeline` is relative: every step, serving included, must work with it."""
     for cwd in (tmp_path / "project", tmp_path / "elsewhere" / "deeper"):
@@ -124,6 +131,7 @@ def test_relative_root_from_the_project_root_and_from_another_directory(tmp_path
         assert (cwd / "runs" / "pipeline" / "registry" / "detector" / "1" / "package.json").exists()
 
 
+@pytest.mark.slow
 def test_a_failing_step_is_named_with_its_reason_and_log_and_no_traceback(tmp_path, data):
     """The endpoint refuses the request (its pixel limit is set below the test image's size): the Deploy
     step fails with the HTTP status, the server's JSON error and the end of its log."""
@@ -141,10 +149,9 @@ def test_a_failing_step_is_named_with_its_reason_and_log_and_no_traceback(tmp_pa
     assert "Traceback" not in output
 
 
+@pytest.mark.slow
 def test_the_local_run_gates_a_mask_model_on_testing_mask_ap(tiny_mask_evaluation, tmp_path):
     """The local runner's condition on the real evaluation.json of a mask model: mask AP, not box AP."""
-    from detector.local.runner import LocalRun, PipelineFailed
-
     output, _ = tiny_mask_evaluation
     report = json.loads((output / EVALUATION_FILE).read_text())
     mask_ap = report["metrics"]["testing_mask_ap"]["value"]
@@ -164,3 +171,82 @@ def test_the_local_run_gates_a_mask_model_on_testing_mask_ap(tiny_mask_evaluatio
                      hyperparameters={"model": "detector/mask_rcnn_R_18_FPN_128px.yaml"}, gate_metric="testing_ap")
     with pytest.raises(PipelineFailed, match=r"Model not registered: testing_ap [0-9.]+ is below"):
         boxes.check({"report": report})
+
+
+@pytest.mark.slow
+def test_champion_gate_stops_a_worse_model_and_passes_an_equal_or_better_one(tmp_path, tiny_model):
+    """Champion: the session's tiny model (trained 30 iterations, keeps low-score boxes: AP above 0). A
+    1-iteration challenger finds nothing (AP 0) and is stopped; against a champion as weak as itself it passes."""
+    champion_ap = json.loads((tiny_model / "model" / "metrics.json").read_text())["testing"]["ap"]
+    assert champion_ap > 0, "the fixture model must beat an untrained one for this test to mean anything"
+    champion_archive = tmp_path / "champion.tar.gz"
+    with tarfile.open(champion_archive, "w:gz") as tar:
+        for path in sorted((tiny_model / "model").iterdir()):
+            tar.add(path, arcname=path.name)
+    evaluation = tmp_path / "champion-evaluation.json"
+    evaluation.write_text(json.dumps({"metrics": {"testing_ap": {"value": champion_ap}}}))
+    registry = LocalModelRegistry(tmp_path / "registry")
+    registry.register("detector", champion_archive, evaluation, "Approved", ["image/png"], ["application/json"], "test")
+
+    weak = ["--param", "MaxIter=1", "--param", "MinTestingAP=0", "--param", "ModelApprovalStatus=PendingManualApproval", "--no-progress"]
+    data = tiny_model / "input" / "data"
+    stopped = pipeline(tmp_path, data, *weak)
+    assert stopped.returncode == 1, stopped.stdout[-4000:] + stopped.stderr[-4000:]
+    assert re.search(r"step WorseThanChampion: Model not registered: testing_ap [0-9.]+ is below the champion's testing_ap "
+                     r"[0-9.]+ minus MaxRegression 0.0 = bar [0-9.]+ ; champion local:model-package/detector/1", stopped.stdout)
+    stdout = stopped.stdout
+    assert re.search(r"^  CheckTestingAP\s+succeeded", stdout, re.M) and re.search(r"^  CheckChampion\s+failed", stdout, re.M)
+    assert registry.versions("detector") == [1]  # nothing registered
+    [execution] = sorted((tmp_path / "executions").iterdir())
+    report = json.loads((execution / "evaluate" / "processing" / "evaluation" / "evaluation.json").read_text())
+    assert report["champion"]["arn"] == "local:model-package/detector/1"
+    assert report["metrics"]["champion_testing_ap"]["value"] == round(champion_ap, 6)  # scored like training scored it
+
+    # The weak challenger becomes the champion: a model at least as good passes and is registered.
+    registry.set_approval("detector", 1, "Rejected")
+    evaluation.write_text(json.dumps(report))
+    registry.register("detector", execution / "artifacts" / "model.tar.gz", evaluation, "Approved", ["image/png"], ["application/json"], "test")
+    passed = pipeline(tmp_path, data, *weak)
+    assert passed.returncode == 0, passed.stdout[-4000:] + passed.stderr[-4000:]
+    assert re.search(r"^  CheckChampion\s+succeeded", passed.stdout, re.M)
+    assert registry.versions("detector") == [1, 2, 3]
+    assert "not deployed: the package is PendingManualApproval" in passed.stdout
+
+
+def run(tmp_path, **overrides) -> LocalRun:
+    return LocalRun(tmp_path, local_parameters(tmp_path, overrides), "e1", ProcessBackend(), log=lambda line: None)
+
+
+def evaluation(testing_ap: float, champion_ap: float | None, max_regression: float = 0.0) -> dict:
+    arn = spec.NO_CHAMPION if champion_ap is None else "local:model-package/detector/1"
+    metrics = {"testing_ap": {"value": testing_ap}}
+    if champion_ap is not None:
+        metrics["champion_testing_ap"] = {"value": champion_ap}
+    report = {"metrics": metrics, "champion": {
+        "arn": arn, "max_regression": max_regression, "metrics": {} if champion_ap is None else {"testing_ap": champion_ap},
+        "bar": {"testing_ap": spec.champion_bar(champion_ap, max_regression)}}}
+    return {"report": report, "path": None}
+
+
+def test_first_model_passes_on_the_absolute_bar(tmp_path):
+    local = run(tmp_path, MinTestingAP=0.3)
+    local.check(evaluation(0.4, None))
+    local.check_champion(evaluation(0.4, None))
+
+
+def test_worse_than_the_champion_is_stopped_with_both_numbers(tmp_path):
+    local = run(tmp_path, MinTestingAP=0.3)
+    local.check(evaluation(0.4, 0.5))
+    with pytest.raises(PipelineFailed) as failure:
+        local.check_champion(evaluation(0.4, 0.5))
+    assert str(failure.value) == (f"step {spec.STEP_CHAMPION_FAIL}: Model not registered: testing_ap 0.4 is below the champion's "
+                                  "testing_ap 0.5 minus MaxRegression 0.0 = bar 0.5 ; champion local:model-package/detector/1")
+
+
+def test_max_regression_lets_a_slightly_worse_model_through(tmp_path):
+    run(tmp_path).check_champion(evaluation(0.46, 0.5, max_regression=0.05))
+
+
+def test_below_the_absolute_bar_names_that_test(tmp_path):
+    with pytest.raises(PipelineFailed, match=f"step {spec.STEP_FAIL}: Model not registered: testing_ap 0.2 is below MinTestingAP 0.3"):
+        run(tmp_path, MinTestingAP=0.3).check(evaluation(0.2, 0.1))

@@ -62,7 +62,7 @@ def test_cli_prints_the_definition_without_credentials_or_network(tmp_path):
     assert not (tmp_path / "attempts.txt").exists(), (tmp_path / "attempts.txt").read_text()
     assert result.returncode == 0, result.stderr[-3000:]
     printed = json.loads(result.stdout)
-    assert [s["Name"] for s in printed["Steps"]] == [spec.STEP_TRAIN, spec.STEP_EVALUATE, spec.STEP_CHECK]
+    assert [s["Name"] for s in printed["Steps"]] == [spec.STEP_TRAIN, spec.STEP_FIND_CHAMPION, spec.STEP_EVALUATE, spec.STEP_CHECK]
 
 
 def test_matches_the_snapshot(definition):
@@ -91,13 +91,17 @@ def test_parameters_come_from_the_spec(definition):
 
 def test_steps_types_and_order(definition):
     assert [(s["Name"], s["Type"]) for s in definition["Steps"]] == [
-        (spec.STEP_TRAIN, "Training"), (spec.STEP_EVALUATE, "Processing"), (spec.STEP_CHECK, "Condition"),
+        (spec.STEP_TRAIN, "Training"), (spec.STEP_FIND_CHAMPION, "Lambda"), (spec.STEP_EVALUATE, "Processing"),
+        (spec.STEP_CHECK, "Condition"),
     ]
-    check = definition["Steps"][2]["Arguments"]
-    assert [(s["Name"], s["Type"]) for s in check["IfSteps"]] == [
+    check = definition["Steps"][3]["Arguments"]
+    assert [(s["Name"], s["Type"]) for s in check["IfSteps"]] == [(spec.STEP_CHECK_CHAMPION, "Condition")]
+    assert [(s["Name"], s["Type"]) for s in check["ElseSteps"]] == [(spec.STEP_FAIL, "Fail")]
+    champion = check["IfSteps"][0]["Arguments"]
+    assert [(s["Name"], s["Type"]) for s in champion["IfSteps"]] == [
         (spec.STEP_REGISTER, "RegisterModel"), (spec.STEP_DEPLOY, "Lambda"), (spec.STEP_CHECK_TRANSFORM, "Condition"),
     ]
-    assert [(s["Name"], s["Type"]) for s in check["ElseSteps"]] == [(spec.STEP_FAIL, "Fail")]
+    assert [(s["Name"], s["Type"]) for s in champion["ElseSteps"]] == [(spec.STEP_CHAMPION_FAIL, "Fail")]
 
 
 def test_training_step(definition):
@@ -132,9 +136,16 @@ def test_training_step(definition):
 def test_evaluation_step_runs_the_baked_in_command(definition):
     step = steps_by_name(definition)[spec.STEP_EVALUATE]
     args = step["Arguments"]
-    assert args["AppSpecification"] == {"ImageUri": example.TRAIN_IMAGE, "ContainerEntrypoint": ["detector", "evaluate"]}
+    champion_arn = {"Get": "Steps.FindChampion.OutputParameters['ChampionArn']"}
+    assert args["AppSpecification"] == {
+        "ImageUri": example.TRAIN_IMAGE, "ContainerEntrypoint": ["detector", "evaluate"],
+        "ContainerArguments": ["--champion", "/opt/ml/processing/champion", "--champion-arn", champion_arn,
+                               "--max-regression", {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.MaxRegression"}]}}],
+    }
     inputs = {i["InputName"]: i["S3Input"] for i in args["ProcessingInputs"]}
-    assert set(inputs) == {"model", "test"}  # no uploaded code input
+    assert set(inputs) == {"model", "test", "champion"}  # no uploaded code input
+    assert inputs["champion"]["S3Uri"] == {"Get": "Steps.FindChampion.OutputParameters['ChampionModelData']"}
+    assert inputs["champion"]["LocalPath"] == "/opt/ml/processing/champion"
     assert inputs["model"]["S3Uri"] == {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}
     assert inputs["model"]["LocalPath"] == "/opt/ml/processing/model"
     assert inputs["test"]["S3Uri"] == {"Get": "Parameters.TestingData"}
@@ -149,16 +160,39 @@ def test_evaluation_step_runs_the_baked_in_command(definition):
 TESTING_AP = {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.Evaluate.PropertyFiles.EvaluationReport"}, "Path": "metrics.testing_ap.value"}}
 
 
-def test_gate_compares_testing_ap_with_the_threshold(definition):
+CHAMPION_BAR = {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.Evaluate.PropertyFiles.EvaluationReport"}, "Path": "champion.bar.testing_ap"}}
+CHAMPION_AP = {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.Evaluate.PropertyFiles.EvaluationReport"}, "Path": "champion.metrics.testing_ap"}}
+
+
+def test_gate_compares_testing_ap_with_the_threshold_then_with_the_champion(definition):
     assert spec.TESTING_AP_PATH == "metrics.testing_ap.value"  # what `detector evaluate` writes (tests/commands)
     [condition] = steps_by_name(definition)[spec.STEP_CHECK]["Arguments"]["Conditions"]
     assert condition == {"Type": "GreaterThanOrEqualTo", "LeftValue": TESTING_AP, "RightValue": {"Get": "Parameters.MinTestingAP"}}
+    [condition] = steps_by_name(definition)[spec.STEP_CHECK_CHAMPION]["Arguments"]["Conditions"]
+    # The bar is the champion's testing_ap minus MaxRegression (0 with no champion), computed by Evaluate.
+    assert condition == {"Type": "GreaterThanOrEqualTo", "LeftValue": TESTING_AP, "RightValue": CHAMPION_BAR}
 
 
-def test_fail_message_states_the_measured_ap_and_the_threshold(definition):
+def test_fail_messages_name_the_test_and_both_numbers(definition):
     message = steps_by_name(definition)[spec.STEP_FAIL]["Arguments"]["ErrorMessage"]["Std:Join"]
     assert TESTING_AP in message["Values"]
     assert {"Get": "Parameters.MinTestingAP"} in message["Values"]
+    message = steps_by_name(definition)[spec.STEP_CHAMPION_FAIL]["Arguments"]["ErrorMessage"]["Std:Join"]
+    assert message["On"] == " "
+    assert message["Values"] == [
+        "Model not registered: testing_ap", TESTING_AP, "is below the champion's testing_ap", CHAMPION_AP, "minus MaxRegression",
+        {"Get": "Parameters.MaxRegression"}, "= bar", CHAMPION_BAR, "; champion", {"Get": "Steps.FindChampion.OutputParameters['ChampionArn']"},
+    ]
+
+
+def test_find_champion_step(definition):
+    step = steps_by_name(definition)[spec.STEP_FIND_CHAMPION]
+    assert step["FunctionArn"] == example.LAMBDA_ARN
+    assert step["Arguments"] == {
+        "action": "find_champion", "endpoint_name": {"Get": "Parameters.EndpointName"}, "model_package_group": "detector",
+        "fallback_model_data": {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"},
+    }
+    assert [o["OutputName"] for o in step["OutputParameters"]] == ["ChampionArn", "ChampionModelData", "ChampionSource"]
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +232,7 @@ def test_registration(definition):
     assert inference["SupportedContentTypes"] == ["image/jpeg", "image/png", "application/json", "application/x-npy"]
     assert inference["SupportedResponseMIMETypes"] == ["application/json"]
     assert args["ModelApprovalStatus"] == {"Get": "Parameters.ModelApprovalStatus"}
+    assert args["CustomerMetadataProperties"] == {spec.REGISTERED_AS: {"Get": "Parameters.ModelApprovalStatus"}}
     statistics = args["ModelMetrics"]["ModelQuality"]["Statistics"]
     assert statistics["ContentType"] == "application/json"
     assert statistics["S3Uri"] == {
@@ -208,13 +243,22 @@ def test_registration(definition):
 def test_deploy_lambda_step(definition):
     step = steps_by_name(definition)[spec.STEP_DEPLOY]
     assert step["FunctionArn"] == example.LAMBDA_ARN
+    from pipeline.definition import DEPLOY_INPUTS
+    from pipeline.endpoint_config import DeploySettings
+
     assert step["Arguments"] == {
         "model_package_arn": {"Get": "Steps.Register.ModelPackageArn"},
-        "endpoint_name": {"Get": "Parameters.EndpointName"},
-        "instance_type": {"Get": "Parameters.EndpointInstanceType"},
-        "instance_count": 1,
         "role_arn": example.ROLE,
+        **{key: {"Get": f"Parameters.{name}"} for key, name in DEPLOY_INPUTS.items()},
+        "async_output_s3": f"{ROOT}/async/output/",
+        "async_failure_s3": f"{ROOT}/async/failures/",
+        "data_capture_s3": f"{ROOT}/data-capture/",
     }
+    assert set(step["Arguments"]) - {"model_package_arn"} <= set(DeploySettings.__dataclass_fields__)
+    assert {p.name for p in spec.PARAMETERS} >= set(DEPLOY_INPUTS.values())
+    # The parameter defaults are settings the Lambda accepts.
+    defaults = {key: spec.BY_NAME[name].default for key, name in DEPLOY_INPUTS.items()}
+    DeploySettings.from_event({**defaults, "role_arn": example.ROLE, "async_output_s3": "s3://b/o/", "async_failure_s3": "s3://b/f/"})
     assert {o["OutputName"] for o in step["OutputParameters"]} == {"EndpointName", "Action"}
 
 

@@ -20,6 +20,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
                         help="arithmetic precision (default: DETECTOR_PRECISION, else auto: bf16 on CPUs with AMX, fp16 on GPUs)")
+    parser.add_argument("--champion", type=Path, default=None,
+                        help="the champion model (the one in service), scored on the same channel: model.tar.gz, a directory holding one, or a model directory")
+    parser.add_argument("--champion-arn", default="none",
+                        help="the champion's model package ARN, written into evaluation.json; none: no champion (--champion is ignored)")
+    parser.add_argument("--max-regression", type=float, default=0.0,
+                        help="how far below the champion's AP the model may be (the bar in evaluation.json's champion section); default 0")
 
 
 def failure_file():
@@ -43,5 +49,9 @@ def run(args) -> int:
         annotation_file=args.annotations,
         device=args.device,
         precision=args.precision or env.precision,
+        # The champion's input of the processing job, when a champion is named without a path.
+        champion=args.champion or (env.processing_dir / "champion" if args.champion_arn != "none" else None),
+        champion_arn=args.champion_arn,
+        max_regression=args.max_regression,
     )
     return 0

@@ -64,6 +64,14 @@ class LocalModelRegistry:
             raise DetectorError(f"model package {group}/{version}: cannot read {directory / PACKAGE_FILE} ({e})") from e
         return ModelPackage(group, version, directory, description)
 
+    def latest_approved(self, group: str) -> ModelPackage | None:
+        """The newest package of ``group`` whose status is Approved, or None."""
+        for version in reversed(self.versions(group)):
+            package = self.get(group, version)
+            if package.approval_status == "Approved":
+                return package
+        return None
+
     def register(
         self,
         group: str,

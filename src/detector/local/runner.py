@@ -1,7 +1,8 @@
 """Run the pipeline's steps on this machine, in the pipeline's order, each as its own process.
 
-data → Train (``detector train``) → Evaluate (``detector evaluate``) → CheckTestingAP → Register
-(local model registry) → Deploy (``detector serve`` on a local port, one real request).
+data → Train (``detector train``) → Evaluate (``detector evaluate``, which also scores the champion:
+the newest Approved package of the local registry) → CheckTestingAP → CheckChampion → Register (local
+model registry) → Deploy (``detector serve`` on a local port, one real request).
 
 Every step gets its own ``/opt/ml`` folder under ``<root>/executions/<id>/`` exactly as its container
 would. Training checkpoints live in ``<root>/executions/<id>/train/checkpoints``: ``--resume``
@@ -125,6 +126,7 @@ class LocalRun:
             model_archive = self._step(spec.STEP_TRAIN, lambda: self.train(channels))
             evaluation = self._step(spec.STEP_EVALUATE, lambda: self.evaluate(model_archive, channels["testing"]))
             self._step(spec.STEP_CHECK, lambda: self.check(evaluation))
+            self._step(spec.STEP_CHECK_CHAMPION, lambda: self.check_champion(evaluation))
             self.package = self._step(spec.STEP_REGISTER, lambda: self.register(model_archive, evaluation))
             self._step(spec.STEP_DEPLOY, lambda: self.deploy(self.package, channels["testing"]))
             if self.parameters.get("TransformInput"):
@@ -192,13 +194,16 @@ class LocalRun:
             hyperparameters["weights"] = str(self.latest_approved_archive().absolute())
         return hyperparameters
 
+    def latest_approved(self) -> ModelPackage | None:
+        """The newest Approved package of the local registry: the champion of a local run (its endpoint
+        lives only as long as the run, so the registry stands in for "the model in service")."""
+        return LocalModelRegistry(self.root / "registry").latest_approved(MODEL_PACKAGE_GROUP)
+
     def latest_approved_archive(self) -> Path:
-        registry = LocalModelRegistry(self.root / "registry")
-        for version in reversed(registry.versions(MODEL_PACKAGE_GROUP)):
-            package = registry.get(MODEL_PACKAGE_GROUP, version)
-            if package.approval_status == "Approved":
-                self.log(f"  warm start from {package.arn} ({package.model_archive})")
-                return package.model_archive
+        package = self.latest_approved()
+        if package is not None:
+            self.log(f"  warm start from {package.arn} ({package.model_archive})")
+            return package.model_archive
         raise PipelineFailed(
             f"PretrainedWeights={REGISTRY_LATEST}: no Approved model package in {self.root / 'registry'}; "
             "run the pipeline once, or approve a package"
@@ -240,7 +245,18 @@ class LocalRun:
         base = self.step_dir(spec.STEP_EVALUATE)
         shutil.rmtree(base, ignore_errors=True)
         job = prepare_processing_job(base, model_archive, testing)
-        code = self._run_logged(["evaluate"], base, self.step_log(spec.STEP_EVALUATE))
+        args = ["evaluate", "--max-regression", str(float(self.parameters["MaxRegression"]))]
+        champion = self.latest_approved()
+        if champion is not None:
+            # Where the SageMaker step puts the champion's input: processing/champion.
+            target = job.processing_dir / "champion"
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(champion.model_archive, target / "model.tar.gz")
+            args += ["--champion-arn", champion.arn]
+            self.log(f"  champion {champion.arn} (the newest Approved package)")
+        else:
+            self.log("  no champion yet (no Approved package): the absolute bar alone decides")
+        code = self._run_logged(args, base, self.step_log(spec.STEP_EVALUATE))
         if code != 0:
             raise self.failed(spec.STEP_EVALUATE, exit_reason(code, job.failure_file))
         path = job.evaluation_output / spec.EVALUATION_FILE
@@ -248,8 +264,12 @@ class LocalRun:
         self.log(f"  {path}")
         return {"path": path, "report": evaluation}
 
+    def gate(self) -> str:
+        """The gate's metric: box AP, or mask AP for a mask model."""
+        return self.gate_metric or spec.gate_metric_for(self.hyperparameters.get("model"))
+
     def check(self, evaluation: dict) -> None:
-        metric = self.gate_metric or spec.gate_metric_for(self.hyperparameters.get("model"))
+        metric = self.gate()
         testing_ap = json_get(evaluation["report"], spec.gate_metric_path(metric))
         threshold = float(self.parameters["MinTestingAP"])
         self.metrics[f"evaluation_{metric}"] = testing_ap
@@ -260,6 +280,25 @@ class LocalRun:
         self.log(f"  {metric} {testing_ap:.4f} >= MinTestingAP {threshold:g}?")
         if not testing_ap >= threshold:
             raise PipelineFailed(f"step {spec.STEP_FAIL}: {spec.fail_message(testing_ap, threshold, metric)}")
+
+    def check_champion(self, evaluation: dict) -> None:
+        """The second test: the new model against the champion, on the bar the evaluation step wrote."""
+        report = evaluation["report"]
+        metric = self.gate()
+        testing_ap = json_get(report, spec.gate_metric_path(metric))
+        bar = json_get(report, spec.champion_bar_path(metric))
+        section = report.get(spec.CHAMPION, {})
+        arn = section.get("arn", spec.NO_CHAMPION)
+        if arn == spec.NO_CHAMPION:
+            self.log(f"  no champion: {metric} {testing_ap:.4f} passes on MinTestingAP alone")
+            return
+        champion_ap = float(section.get("metrics", {}).get(metric, 0.0))
+        max_regression = float(section.get("max_regression", 0.0))
+        self.metrics[f"champion_{metric}"] = champion_ap
+        self.log(f"  {metric} {testing_ap:.4f} >= champion's {champion_ap:.4f} - MaxRegression {max_regression:g}?")
+        if not testing_ap >= bar:
+            message = spec.champion_fail_message(testing_ap, champion_ap, max_regression, bar, arn, metric)
+            raise PipelineFailed(f"step {spec.STEP_CHAMPION_FAIL}: {message}")
 
     def register(self, model_archive: Path, evaluation: dict) -> ModelPackage:
         registry = LocalModelRegistry(self.root / "registry")
@@ -384,7 +423,8 @@ class LocalRun:
         self.log(f"Summary of execution {self.execution_id}")
         for record in self.steps:
             self.log(f"  {record.name:<16} {record.status:<10} {record.seconds:7.1f} s")
-        for name in ("training_ap", "testing_ap", "evaluation_testing_ap", "evaluation_testing_mask_ap"):
+        for name in ("training_ap", "testing_ap", "evaluation_testing_ap", "evaluation_testing_mask_ap", "champion_testing_ap",
+                     "champion_testing_mask_ap"):
             if name in self.metrics:
                 self.log(f"  {name:<22} {self.metrics[name]:.4f}")
         if self.package is not None:
