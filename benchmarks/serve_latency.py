@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 kind, model_dir, images_dir, calls = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
-images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(images_dir.iterdir())]
+images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(images_dir.iterdir()) if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
 if kind == "DefaultPredictor":
     import torch
     from detectron2.checkpoint import DetectionCheckpointer
@@ -383,7 +383,7 @@ def main() -> int:
         for round_number in range(args.model_rounds):
             kinds = list(precision_runs) if round_number % 2 == 0 else list(reversed(precision_runs))
             for kind in kinds:
-                precision_runs[kind].append(model_time(kind, base / "model", work / "images", args.model_calls))
+                precision_runs[kind].append(model_time(kind, base / "model", files[0].parent, args.model_calls))
     finally:
         if server is not None:
             server.send_signal(signal.SIGTERM)
