@@ -110,7 +110,6 @@ def _build(settings: PipelineSettings, gate_metric: str | None = None):
     from sagemaker.mlops.workflow.model_step import ModelStep
     from sagemaker.mlops.workflow.pipeline import Pipeline
     from sagemaker.mlops.workflow.steps import ProcessingStep, TrainingStep
-    from sagemaker.serve.model_builder import ModelBuilder
     from sagemaker.train.model_trainer import ModelTrainer
 
     # Placeholder credentials: nothing built here may reach AWS (upsert/start use the caller's own session).
@@ -216,13 +215,7 @@ def _build(settings: PipelineSettings, gate_metric: str | None = None):
     champion_ap = JsonGet(step_name=evaluate.name, property_file=report, json_path=f"{spec.CHAMPION}.metrics.{gate_metric}")
     champion_bar = JsonGet(step_name=evaluate.name, property_file=report, json_path=spec.champion_bar_path(gate_metric))
 
-    builder = ModelBuilder(
-        image_uri=settings.serve_image,
-        s3_model_data_url=model_artifact,
-        role_arn=settings.role,
-        sagemaker_session=session,
-        dependencies=None,
-    )
+    builder = _serving_model(settings, session, model_artifact)
     register = ModelStep(
         name=spec.STEP_REGISTER,
         step_args=builder.register(
@@ -300,6 +293,21 @@ def _build(settings: PipelineSettings, gate_metric: str | None = None):
     )
 
 
+def _serving_model(settings: PipelineSettings, session, model_artifact, env_vars: dict | None = None):
+    """A model of the serving image and the trained artifact (for Register, and for the Transform step)."""
+    from sagemaker.serve.model_builder import ModelBuilder
+
+    extra = {"env_vars": env_vars} if env_vars else {}
+    return ModelBuilder(
+        image_uri=settings.serve_image,
+        s3_model_data_url=model_artifact,
+        role_arn=settings.role,
+        sagemaker_session=session,
+        dependencies=None,
+        **extra,
+    )
+
+
 def _transform_steps(settings: PipelineSettings, session, params: dict, model_artifact, register):
     """CheckTransformInput: unless TransformInput is empty, after Register, a model of the serving image
     and the trained artifact (TransformModel) scores that prefix in a Batch Transform job (Transform),
@@ -311,16 +319,8 @@ def _transform_steps(settings: PipelineSettings, session, params: dict, model_ar
     from sagemaker.mlops.workflow.condition_step import ConditionStep
     from sagemaker.mlops.workflow.model_step import ModelStep
     from sagemaker.mlops.workflow.steps import TransformStep
-    from sagemaker.serve.model_builder import ModelBuilder
 
-    builder = ModelBuilder(
-        image_uri=settings.serve_image,
-        s3_model_data_url=model_artifact,
-        role_arn=settings.role,
-        sagemaker_session=session,
-        dependencies=None,
-        env_vars={"SAGEMAKER_BATCH": "true"},  # the serving image's transform-job limits
-    )
+    builder = _serving_model(settings, session, model_artifact, {"SAGEMAKER_BATCH": "true"})  # transform-job limits
     model = ModelStep(name=spec.STEP_TRANSFORM_MODEL, step_args=builder.build())
     transformer = Transformer(
         model_name=model.properties.ModelName,
