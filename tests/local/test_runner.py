@@ -250,3 +250,27 @@ def test_max_regression_lets_a_slightly_worse_model_through(tmp_path):
 def test_below_the_absolute_bar_names_that_test(tmp_path):
     with pytest.raises(PipelineFailed, match=f"step {spec.STEP_FAIL}: Model not registered: testing_ap 0.2 is below MinTestingAP 0.3"):
         run(tmp_path, MinTestingAP=0.3).check(evaluation(0.2, 0.1))
+
+
+def test_a_mask_model_gets_built_in_data_with_masks_in_its_own_folder(tmp_path, monkeypatch):
+    import detector.local.runner as runner
+
+    monkeypatch.setattr(runner, "DEMO_DATA", {"train_images": 4, "test_images": 2, "image_size": 64, "seed": 0})
+    boxes = LocalRun(tmp_path, {}, "e1", backend=None, log=lambda line: None).prepare_data()
+    masks = LocalRun(tmp_path, {}, "e2", backend=None, log=lambda line: None,
+                     hyperparameters={"model": "detector/mask_rcnn_R_18_FPN_128px.yaml"}).prepare_data()
+    assert boxes["training"] == tmp_path / "demo-data" / "training"
+    assert masks["training"] == tmp_path / "demo-data-masks" / "training"
+    for channel, has_masks in ((boxes["training"], False), (masks["training"], True)):
+        annotations = json.loads((channel / "annotations.json").read_text())["annotations"]
+        assert annotations and all(("segmentation" in a) is has_masks for a in annotations)
+
+
+def test_hyperparameters_of_a_local_run_are_checked_before_anything_runs(tmp_path, capsys):
+    from detector.cli import main
+
+    assert main(["pipeline", "--local", "--root", str(tmp_path), "--hyperparameter", "modle=x"]) == 2
+    assert "hyperparameter 'modle' is not known" in capsys.readouterr().err
+    assert main(["pipeline", "--local", "--root", str(tmp_path), "--hyperparameter", "model"]) == 2
+    assert "--hyperparameter 'model': expected name=value" in capsys.readouterr().err
+    assert not (tmp_path / "demo-data").exists()

@@ -12,6 +12,9 @@ def add_arguments(parser) -> None:
                         help="run on this machine (the SageMaker pipeline itself is driven by `python -m pipeline`)")
     parser.add_argument("--param", action="append", default=[], metavar="Name=Value",
                         help="override a pipeline parameter, e.g. --param MaxIter=600 --param MinTestingAP=0.5")
+    parser.add_argument("--hyperparameter", action="append", default=[], metavar="name=value",
+                        help="a training hyperparameter on top of the local defaults, e.g. "
+                             "--hyperparameter model=detector/mask_rcnn_R_18_FPN_128px.yaml (a mask model: the built-in data gets masks)")
     parser.add_argument("--root", type=Path, default=Path("runs/pipeline"), help="where executions, data and the registry go")
     parser.add_argument("--data", type=Path, default=None,
                         help="a folder with COCO channels training/ and testing/ (default: built-in synthetic data)")
@@ -35,12 +38,15 @@ def run(args) -> int:
     from ..errors import DetectorError, UsageError
     from ..local.backends import DockerBackend, ProcessBackend
     from ..local.executions import plan_execution
-    from ..local.runner import LocalRun, local_parameters, stop_server
+    from ..local.runner import LOCAL_HYPERPARAMETERS, LocalRun, local_parameters, stop_server
+    from ..training.hyperparameters import Hyperparameters
 
     # Each line as it happens, also into a pipe or a file (CI logs, `| tee`).
     sys.stdout.reconfigure(line_buffering=True)
     try:
         overrides = spec.parse_overrides(args.param)
+        hyperparameters = {**LOCAL_HYPERPARAMETERS, **hyperparameter_pairs(args.hyperparameter)}
+        Hyperparameters.from_strings(hyperparameters)  # a typo is named now, not after the data is made
         execution_id, parameters = plan_execution(args.root, local_parameters(args.root, overrides), overrides, resume=args.resume)
         if args.backend == "docker":
             backend = DockerBackend(args.train_image, args.serve_image, gpus=args.gpus)
@@ -53,6 +59,7 @@ def run(args) -> int:
             execution_id=execution_id,
             backend=backend,
             data_dir=args.data,
+            hyperparameters=hyperparameters,
             keep_serving=args.keep_serving,
             progress="none" if args.no_progress else "bar" if sys.stdout.isatty() and sys.stderr.isatty() else "lines",
         )
@@ -78,3 +85,15 @@ def run(args) -> int:
         finally:
             stop_server(local_run.server)
     return code
+
+
+def hyperparameter_pairs(items: list[str]) -> dict[str, str]:
+    from ..errors import DetectorError
+
+    pairs = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise DetectorError(f"--hyperparameter {item!r}: expected name=value, e.g. model=detector/mask_rcnn_R_18_FPN_128px.yaml")
+        pairs[name.strip()] = value.strip()
+    return pairs

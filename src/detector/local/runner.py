@@ -177,10 +177,14 @@ class LocalRun:
                 raise PipelineFailed(f"--data {self.data_dir}: expected channel folders {', '.join(missing)}")
             self.log(f"  channels from {self.data_dir}")
             return channels
-        data = self.root / "demo-data"
+        # A mask model gets the same images with masks drawn (polygons and RLE), in a folder of their own.
+        masks = spec.is_mask_model(self.hyperparameters.get("model"))
+        data = self.root / ("demo-data-masks" if masks else "demo-data")
         if not (data / "testing" / "annotations.json").exists():
-            generate_channels(data, DEMO_DATA["train_images"], DEMO_DATA["test_images"], DEMO_DATA["image_size"], DEMO_DATA["seed"])
-            self.log(f"  generated synthetic channels in {data}")
+            generate_channels(
+                data, DEMO_DATA["train_images"], DEMO_DATA["test_images"], DEMO_DATA["image_size"], DEMO_DATA["seed"], masks=masks
+            )
+            self.log(f"  generated synthetic channels{' with masks' if masks else ''} in {data}")
         else:
             self.log(f"  synthetic channels in {data}")
         return {"training": data / "training", "testing": data / "testing"}
