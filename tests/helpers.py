@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,6 +97,18 @@ def wait_until_serving(process: subprocess.Popen, log_path: Path, timeout: float
             break
         time.sleep(0.2)
     raise AssertionError(f"detector serve did not become ready (exit {process.poll()}):\n{log_path.read_text()[-5000:]}")
+
+
+@contextmanager
+def serving(base_dir: Path, log_path: Path, **extra_env: str):
+    """A ready `detector serve` of ``base_dir`` for the block (its base URL); stopped with SIGTERM after it."""
+    process, url = start_serve(base_dir, log_path, **extra_env)
+    try:
+        wait_until_serving(process, log_path)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
 
 
 class TrainingProcess:

@@ -166,19 +166,12 @@ MIN_MEAN_BEST_IOU = 0.1
 
 @pytest.fixture(scope="module")
 def mask_server(tiny_mask_model, tmp_path_factory):
-    import signal
-
-    from helpers import start_serve, wait_until_serving
+    from helpers import serving
 
     base, _ = tiny_mask_model
     log = tmp_path_factory.mktemp("mask_serve") / "serve.log"
-    process, url = start_serve(base, log, DETECTOR_SCORE_THRESHOLD="0")
-    try:
-        wait_until_serving(process, log)
+    with serving(base, log, DETECTOR_SCORE_THRESHOLD="0") as url:
         yield url, base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def upscaled_test_images(base, scale=2):

@@ -1,13 +1,12 @@
 """`detector serve` as a Batch Transform job runs it (SAGEMAKER_BATCH=true and the job's settings), over HTTP."""
 
 import json
-import signal
 
 import pytest
 import requests
 
 import sample_images as samples
-from helpers import start_serve, wait_until_serving
+from helpers import serving
 
 pytestmark = pytest.mark.slow
 
@@ -18,15 +17,10 @@ TIMEOUT_S = 900
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve-batch") / "serve.log"
-    process, url = start_serve(tiny_model, log, SAGEMAKER_BATCH="true", SAGEMAKER_MAX_PAYLOAD_IN_MB=str(PAYLOAD_MB),
-                               SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS=str(TIMEOUT_S), SAGEMAKER_MAX_CONCURRENT_TRANSFORMS="2",
-                               SAGEMAKER_BATCH_STRATEGY="MULTI_RECORD", DETECTOR_SCORE_THRESHOLD="0")
-    try:
-        wait_until_serving(process, log)
+    with serving(tiny_model, log, SAGEMAKER_BATCH="true", SAGEMAKER_MAX_PAYLOAD_IN_MB=str(PAYLOAD_MB),
+                 SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS=str(TIMEOUT_S), SAGEMAKER_MAX_CONCURRENT_TRANSFORMS="2",
+                 SAGEMAKER_BATCH_STRATEGY="MULTI_RECORD", DETECTOR_SCORE_THRESHOLD="0") as url:
         yield url, log
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def invoke(url, body, content_type, **headers):

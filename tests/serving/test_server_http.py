@@ -1,14 +1,13 @@
 """`detector serve` as a real process: multi-model-server, the toolkit and the handler over HTTP."""
 
 import json
-import signal
 
 import numpy as np
 import pytest
 import requests
 
 import sample_images as samples
-from helpers import start_serve, wait_until_serving
+from helpers import serving
 from detector.data.synthetic import CATEGORIES
 
 pytestmark = pytest.mark.slow
@@ -21,14 +20,9 @@ NAMES = {c["id"]: c["name"] for c in CATEGORIES}
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    process, url = start_serve(tiny_model, log, DETECTOR_SCORE_THRESHOLD="0", DETECTOR_MAX_IMAGE_PIXELS=str(MAX_PIXELS),
-                               DETECTOR_MAX_BATCH_IMAGES="8", DETECTOR_MAX_REQUEST_PIXELS=str(MAX_REQUEST_PIXELS))
-    try:
-        wait_until_serving(process, log)
+    with serving(tiny_model, log, DETECTOR_SCORE_THRESHOLD="0", DETECTOR_MAX_IMAGE_PIXELS=str(MAX_PIXELS),
+                 DETECTOR_MAX_BATCH_IMAGES="8", DETECTOR_MAX_REQUEST_PIXELS=str(MAX_REQUEST_PIXELS)) as url:
         yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def invoke(url, body, content_type, **headers):
