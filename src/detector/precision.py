@@ -147,7 +147,11 @@ def flush_denormals(device: str) -> bool:
 
 
 def prepare_model(model, precision: Precision):
-    """The model in the memory format ``precision`` wants; the weights stay fp32."""
+    """The model in the memory format ``precision`` wants, with the CPU ROIAlign of
+    :mod:`detector.roi_align` (the same arithmetic, about 5x faster); the weights stay fp32."""
+    from .roi_align import use_sparse_roi_align
+
+    use_sparse_roi_align(model)
     if precision.channels_last:
         import torch
 

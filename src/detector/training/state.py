@@ -24,6 +24,7 @@ import random
 import numpy as np
 
 from .distributed import Rank, gather_to_main
+from .optimizer import load_optimizer_state
 
 KEYS = ("model", "optimizer", "scheduler", "grad_scaler", "rng", "iteration", "fingerprint")
 
@@ -78,7 +79,7 @@ class TrainingState:
     def load_state_dict(self, state: dict) -> int:
         """Restore what :meth:`state_dict` saved (this rank's random state); returns the iteration."""
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.grad_scaler is not None and "grad_scaler" in state:
             self.grad_scaler.load_state_dict(state["grad_scaler"])

@@ -147,7 +147,7 @@ class Trainer:
         return prepare_model(build_model(self.cfg), self.precision)
 
     def build_optimizer(self, model):
-        from detectron2.solver import build_optimizer
+        from .optimizer import build_optimizer
 
         return build_optimizer(self.cfg, model)
 
