@@ -72,3 +72,50 @@ def test_the_model_keeps_fp32_master_weights_in_channels_last(bf16_cpu):
     model = precision_module.prepare_model(model, resolve("auto", "cpu"))
     weight = model[0].weight
     assert weight.dtype == torch.float32 and weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def _conv_bn_model(frozen: bool):
+    from detectron2.layers import Conv2d, FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    norm = FrozenBatchNorm2d(6) if frozen else torch.nn.BatchNorm2d(6)
+    norm.weight.data.uniform_(0.5, 2)
+    norm.bias.data.uniform_(-1, 1)
+    norm.running_mean.uniform_(-1, 1)
+    norm.running_var.uniform_(0.2, 3)
+    model = torch.nn.Sequential(
+        Conv2d(3, 6, 3, padding=1, bias=False, norm=norm, activation=torch.nn.functional.relu),
+        torch.nn.Flatten(),
+        torch.nn.Linear(6 * 8 * 8, 4),
+    )
+    return model.eval()
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_inference_folds_each_norm_into_its_convolution(frozen):
+    from detector.precision import prepare_inference_model
+
+    model = _conv_bn_model(frozen)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        prepared = prepare_inference_model(model, resolve("fp32", "cpu"))
+        assert prepared[0].norm is None
+        torch.testing.assert_close(prepared(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_inference_at_bf16_stores_the_weights_autocast_would_use(bf16_cpu):
+    from detector.precision import prepare_inference_model
+
+    model = _conv_bn_model(frozen=False)
+    x = torch.randn(2, 3, 8, 8)
+    chosen = resolve("bf16", "cpu")
+    with torch.no_grad():
+        expected = model(x)
+        prepared = prepare_inference_model(model, chosen)
+        assert {p.dtype for p in prepared.parameters()} == {torch.bfloat16}
+        with chosen.autocast():
+            got = prepared(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(got.float(), expected, rtol=0.05, atol=0.05)
+    with pytest.raises(ValueError, match="eval mode"):
+        prepare_inference_model(_conv_bn_model(frozen=False).train(), chosen)

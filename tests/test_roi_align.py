@@ -57,16 +57,18 @@ def test_channels_last_features_are_read_without_changing_the_result():
     torch.testing.assert_close(channels_last_grad, plain_grad, rtol=0, atol=1e-6)
 
 
-def test_under_bf16_autocast_the_boxes_keep_their_fp32_coordinates():
+@pytest.mark.parametrize("training", [True, False])
+def test_under_bf16_autocast_the_boxes_keep_their_fp32_coordinates(training):
     """detectron2's module casts the ROIs to the features' dtype: bf16 rounds x=601 to 600."""
     generator = torch.Generator().manual_seed(4)
     features = torch.randn(1, 4, 40, 40, generator=generator)
     rois = torch.tensor([[0.0, 601.0, 301.0, 633.0, 333.0]])
     expected = torchvision_roi_align(features, rois, (7, 7), 1 / 16, 0, True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ours = ROIAlign((7, 7), 1 / 16, 0, True)(features.bfloat16(), rois)
+        ours = ROIAlign((7, 7), 1 / 16, 0, True)(features.bfloat16().requires_grad_(training), rois)
         theirs = Detectron2ROIAlign((7, 7), 1 / 16, 0, True)(features.bfloat16(), rois)
     assert ours.dtype == torch.bfloat16
+    assert ours.requires_grad == training
     ours_error = (ours.float() - expected).abs().max().item()
     theirs_error = (theirs.float() - expected).abs().max().item()
     assert ours_error < 0.02  # bf16's rounding of the values only

@@ -148,7 +148,8 @@ def flush_denormals(device: str) -> bool:
 
 def prepare_model(model, precision: Precision):
     """The model in the memory format ``precision`` wants, with the CPU ROIAlign of
-    :mod:`detector.roi_align` (the same arithmetic, about 5x faster); the weights stay fp32."""
+    :mod:`detector.roi_align` (the same arithmetic, about 5x faster with its backward pass); the
+    weights stay fp32. For training and inference alike; see also :func:`prepare_inference_model`."""
     from .roi_align import use_sparse_roi_align
 
     use_sparse_roi_align(model)
@@ -157,3 +158,56 @@ def prepare_model(model, precision: Precision):
 
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def prepare_inference_model(model, precision: Precision):
+    """``model`` (in eval mode) made ready for inference at ``precision``: :func:`prepare_model`, then
+
+    - each batch norm that follows a convolution folded into that convolution's weights and bias
+      (detectron2's ``Conv2d`` with ``norm``: BN or FrozenBN; eval mode reads only their statistics),
+      so a ResNet's ~20 normalisation passes over the feature maps go;
+    - under bf16 / fp16 autocast, the convolution and linear weights stored in that dtype once:
+      autocast would otherwise cast every weight (all 19M of the small model, 44M of R50-FPN) again
+      on every call, which was a quarter of a bf16 call on CPU. The result is the same: autocast
+      runs these layers in that dtype from the same rounded weights.
+
+    Only for inference: the training model keeps its fp32 master weights and its norms."""
+    import torch
+
+    if model.training:
+        raise ValueError("prepare_inference_model needs a model in eval mode")
+    model = prepare_model(model, precision)
+    fold_batch_norms(model)
+    if precision.mixed:
+        layers = (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)
+        for module in model.modules():
+            if isinstance(module, layers):
+                module.to(precision.dtype)
+    return model
+
+
+def fold_batch_norms(model) -> int:
+    """Fold each detectron2 ``Conv2d``'s eval-mode BN / FrozenBN into the convolution; returns how many."""
+    import torch
+    from detectron2.layers import Conv2d, FrozenBatchNorm2d
+
+    folded = 0
+    for module in model.modules():
+        norm = getattr(module, "norm", None)
+        if not isinstance(module, Conv2d) or not isinstance(norm, (torch.nn.BatchNorm2d, FrozenBatchNorm2d)):
+            continue
+        if isinstance(norm, torch.nn.BatchNorm2d) and not norm.track_running_stats:
+            continue  # normalises with the batch's own statistics even in eval mode
+        with torch.no_grad():
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            shift = norm.bias - norm.running_mean * scale
+            weight = module.weight * scale.view(-1, 1, 1, 1).to(module.weight.dtype)
+            bias = shift if module.bias is None else module.bias * scale + shift
+            module.weight.copy_(weight)
+            if module.bias is None:
+                module.bias = torch.nn.Parameter(bias.to(module.weight.dtype), requires_grad=False)
+            else:
+                module.bias.copy_(bias)
+        module.norm = None
+        folded += 1
+    return folded

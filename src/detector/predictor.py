@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import ModelDirectoryError
 from .model_dir import LabelMap, config_from_yaml, read_model_dir
-from .precision import Precision, flush_denormals, prepare_model, resolve
+from .precision import Precision, flush_denormals, prepare_inference_model, resolve
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Predictor:
                 f"(missing {len(missing)} tensors, e.g. {missing[:3]}; unexpected {len(unexpected)}, e.g. {unexpected[:3]})"
             )
         model.eval()
-        return cls(prepare_model(model, chosen), cfg, files.labels, chosen)
+        return cls(prepare_inference_model(model, chosen), cfg, files.labels, chosen)
 
     def _to_input(self, image: np.ndarray) -> dict:
         import torch
