@@ -186,6 +186,14 @@ def prepare_inference_model(model, precision: Precision):
     return model
 
 
+def inference_copy(model, precision: Precision):
+    """A copy of a training model prepared like a served one (:func:`prepare_inference_model`), so that
+    training's metric lines and ``detector evaluate`` of the saved model compute the same numbers."""
+    import copy
+
+    return prepare_inference_model(copy.deepcopy(model).eval(), precision)
+
+
 def fold_batch_norms(model) -> int:
     """Fold each detectron2 ``Conv2d``'s eval-mode BN / FrozenBN into the convolution; returns how many."""
     import torch

@@ -21,7 +21,7 @@ from .checkpoint import CheckpointStore, fingerprint_digest
 from .config import TEST_DATASET, TRAIN_DATASET, build_training_config, training_precision
 from .distributed import Rank, all_gather, barrier
 from .hooks import CheckpointHook, PeriodicEvalHook
-from ..precision import flush_denormals, prepare_model
+from ..precision import flush_denormals, inference_copy, prepare_model
 from .hyperparameters import Hyperparameters
 from .state import TrainingState
 from .weights import identity as weights_identity
@@ -249,6 +249,7 @@ class Trainer:
         """COCO metrics on the testing channel and a fixed sample of the training channel; prints the
         metric lines on rank 0. Raises EvaluationInterrupted on a stop request."""
         results = {}
+        model = inference_copy(model, self.precision)  # the arithmetic of the served model, not the trained one's
         for prefix, dataset, records in (
             ("training", self.train_eval_dataset, self.train_eval_records),
             ("testing", self.channels.testing, self.test_records),
