@@ -80,7 +80,7 @@ def test_runs_every_step_and_serves_the_registered_model(tmp_path, data):
 def test_low_ap_stops_at_the_gate_and_registers_nothing(tmp_path, data):
     result = pipeline(tmp_path, data, *SMALL, "--param", "MinTestingAP=1.0")
     assert result.returncode == 1
-    assert re.search(r"Model not registered: testing_ap [0-9.]+ is below MinTestingAP 1", result.stdout)
+    assert re.search(r"Model not registered: testing_ap [0-9.]+(?:e-?[0-9]+)? is below MinTestingAP 1", result.stdout)
     assert re.search(r"^  CheckTestingAP\s+failed", result.stdout, re.M)
     assert not (tmp_path / "registry").exists()
     assert not (the_execution(tmp_path) / "deploy").exists()
@@ -169,7 +169,7 @@ def test_the_local_run_gates_a_mask_model_on_testing_mask_ap(tiny_mask_evaluatio
     # Named explicitly, the gate reads box AP even for a mask model.
     boxes = LocalRun(tmp_path, {"MinTestingAP": 1.0}, "e2", backend=None, log=lines.append,
                      hyperparameters={"model": "detector/mask_rcnn_R_18_FPN_128px.yaml"}, gate_metric="testing_ap")
-    with pytest.raises(PipelineFailed, match=r"Model not registered: testing_ap [0-9.]+ is below"):
+    with pytest.raises(PipelineFailed, match=r"Model not registered: testing_ap [0-9.]+(?:e-?[0-9]+)? is below"):
         boxes.check({"report": report})
 
 
@@ -192,8 +192,9 @@ def test_champion_gate_stops_a_worse_model_and_passes_an_equal_or_better_one(tmp
     data = tiny_model / "input" / "data"
     stopped = pipeline(tmp_path, data, *weak)
     assert stopped.returncode == 1, stopped.stdout[-4000:] + stopped.stderr[-4000:]
-    assert re.search(r"step WorseThanChampion: Model not registered: testing_ap [0-9.]+ is below the champion's testing_ap "
-                     r"[0-9.]+ minus MaxRegression 0.0 = bar [0-9.]+ ; champion local:model-package/detector/1", stopped.stdout)
+    number = r"[0-9.]+(?:e-?[0-9]+)?"  # a tiny model's AP prints as 9.5e-05
+    assert re.search(rf"step WorseThanChampion: Model not registered: testing_ap {number} is below the champion's testing_ap "
+                     rf"{number} minus MaxRegression 0.0 = bar {number} ; champion local:model-package/detector/1", stopped.stdout)
     stdout = stopped.stdout
     assert re.search(r"^  CheckTestingAP\s+succeeded", stdout, re.M) and re.search(r"^  CheckChampion\s+failed", stdout, re.M)
     assert registry.versions("detector") == [1]  # nothing registered
