@@ -18,29 +18,22 @@ detectron2's ``ROIAlign`` casts them to the features' dtype first, which under b
 box edge at x=601 to 600 (at x=1000 bf16's step is 8 pixels).
 
 Without a backward pass to come (inference, evaluation) the module calls torchvision's op (forward
-alone it is about as fast), still with fp32 coordinates; so does it on CUDA. At inference on channels-last
-features (the ``auto`` precision on CPUs with AMX) :class:`ROIPooler` instead computes the taps of all
-levels at once and pools each level with one gather and one batched product, which saves torchvision's
-cost of about 25 µs per ROI.
+alone it is about as fast: a gather-based pooler over all levels was tried and was no faster for one
+image and slower for eight), still with fp32 coordinates; so does it on CUDA.
 """
 
 from __future__ import annotations
 
 import torch
 from detectron2.layers import ROIAlign as Detectron2ROIAlign
-from detectron2.modeling.poolers import ROIPooler as Detectron2ROIPooler
-from detectron2.modeling.poolers import assign_boxes_to_levels, convert_boxes_to_pooler_format
 from torchvision.ops import roi_align as torchvision_roi_align
-
-# The most gathered feature values one pooling pass holds at once (about 64 MB in fp32).
-GATHER_LIMIT = 16 * 1024 * 1024
 
 
 def bin_taps(rois: torch.Tensor, spatial_scale, height, width, output_size, sampling_ratio: int, aligned: bool):
     """ROIAlign's bilinear taps, grouped by sample grid: yields ``(chosen, pixel, weight)`` per group.
 
     ``rois`` is (K, 5): batch index, then x1, y1, x2, y2 in image coordinates; ``spatial_scale``,
-    ``height`` and ``width`` are numbers or per-ROI (K,) tensors (one pooler over several levels).
+    ``height`` and ``width`` are numbers or per-ROI (K,) tensors.
     ``chosen`` are the ROIs of the group; ``pixel`` and ``weight`` are (k, ph, pw, gh, gw, 2, 2): for
     each bin and sample point its four neighbours, ``b * H * W + y * W + x`` (channels-last order),
     and their weights, already divided by the bin's sample count.
@@ -185,63 +178,11 @@ class ROIAlign(Detectron2ROIAlign):
         return _SparseROIAlign.apply(input, rois, float(self.spatial_scale), output_size, int(self.sampling_ratio), bool(self.aligned))
 
 
-class ROIPooler(Detectron2ROIPooler):
-    """detectron2's ``ROIPooler``; without a backward pass, on CPU, with channels-last features (the
-    ``auto`` precision on CPUs with AMX), it pools every level from one vectorised computation of the
-    taps: per level, one gather of the tapped feature rows and one batched product with their weights.
-    torchvision's kernel costs about 25 µs per ROI and level call (6 ms of a 30 ms bf16 call of the
-    small model for its 150 proposals). Otherwise detectron2's own forward with the modules above."""
-
-    def forward(self, x, box_lists):
-        if not self._pools_by_gather(x, box_lists):
-            return super().forward(x, box_lists)
-        rois = convert_boxes_to_pooler_format(box_lists)
-        count, channels = rois.shape[0], x[0].shape[1]
-        pooled_h, pooled_w = self.output_size
-        if len(x) == 1:
-            levels = torch.zeros(count, dtype=torch.long)
-        else:
-            levels = assign_boxes_to_levels(box_lists, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level)
-        scales = torch.tensor([float(pooler.spatial_scale) for pooler in self.level_poolers], dtype=torch.float32)[levels]
-        heights = torch.tensor([feature.shape[2] for feature in x])[levels]
-        widths = torch.tensor([feature.shape[3] for feature in x])[levels]
-        pixels = [feature.permute(0, 2, 3, 1).reshape(-1, channels) for feature in x]  # views: channels-last
-        output = torch.zeros((count, pooled_h, pooled_w, channels), dtype=torch.float32)
-        first = self.level_poolers[0]
-        for chosen, pixel, weight in bin_taps(rois, scales, heights, widths, self.output_size, int(first.sampling_ratio), bool(first.aligned)):
-            taps = pixel.shape[3] * pixel.shape[4] * 4
-            chosen_levels = levels[chosen]
-            step = max(1, GATHER_LIMIT // (pooled_h * pooled_w * taps * channels))
-            for level in torch.unique(chosen_levels).tolist():
-                members = torch.nonzero(chosen_levels == level).squeeze(1)
-                for begin in range(0, members.numel(), step):
-                    part = members[begin:begin + step]
-                    gathered = pixels[level].index_select(0, pixel[part].reshape(-1)).view(-1, taps, channels).to(torch.float32)
-                    with torch.autocast("cpu", enabled=False):  # fp32 sums, as torchvision's kernel
-                        values = torch.bmm(weight[part].reshape(-1, 1, taps), gathered)
-                    output[chosen[part]] = values.view(-1, pooled_h, pooled_w, channels)
-        return output.permute(0, 3, 1, 2).to(x[0].dtype)
-
-    def _pools_by_gather(self, x, box_lists) -> bool:
-        if not box_lists or not all(type(pooler) is ROIAlign for pooler in self.level_poolers):
-            return False
-        if torch.is_grad_enabled() and any(feature.requires_grad for feature in x):
-            return False
-        return all(
-            feature.device.type == "cpu" and feature.dim() == 4 and feature.dtype in (torch.float32, torch.bfloat16)
-            and feature.is_contiguous(memory_format=torch.channels_last)
-            for feature in x
-        )
-
-
 def use_sparse_roi_align(model) -> int:
     """Replace every detectron2 ``ROIAlign`` in ``model`` (box, mask and keypoint poolers) with the
-    module above and make every ``ROIPooler`` the one above; returns how many ROIAlign modules were
-    replaced. Neither holds weights."""
+    module above; returns how many were replaced. The modules hold no weights."""
     replaced = 0
     for parent in model.modules():
-        if type(parent) is Detectron2ROIPooler:
-            parent.__class__ = ROIPooler
         for name, child in list(parent.named_children()):
             if type(child) is Detectron2ROIAlign:
                 fast = ROIAlign(child.output_size, child.spatial_scale, child.sampling_ratio, child.aligned)
