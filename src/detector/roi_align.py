@@ -29,20 +29,18 @@ from detectron2.layers import ROIAlign as Detectron2ROIAlign
 from torchvision.ops import roi_align as torchvision_roi_align
 
 
-def bin_taps(rois: torch.Tensor, spatial_scale, height, width, output_size, sampling_ratio: int, aligned: bool):
+def bin_taps(rois: torch.Tensor, spatial_scale: float, height: int, width: int, output_size, sampling_ratio: int, aligned: bool):
     """ROIAlign's bilinear taps, grouped by sample grid: yields ``(chosen, pixel, weight)`` per group.
 
-    ``rois`` is (K, 5): batch index, then x1, y1, x2, y2 in image coordinates; ``spatial_scale``,
-    ``height`` and ``width`` are numbers or per-ROI (K,) tensors.
-    ``chosen`` are the ROIs of the group; ``pixel`` and ``weight`` are (k, ph, pw, gh, gw, 2, 2): for
+    ``rois`` is (K, 5): batch index, then x1, y1, x2, y2 in image coordinates; ``height`` and
+    ``width`` are the feature map's. ``chosen`` are the ROIs of the group; ``pixel`` and ``weight`` are (k, ph, pw, gh, gw, 2, 2): for
     each bin and sample point its four neighbours, ``b * H * W + y * W + x`` (channels-last order),
     and their weights, already divided by the bin's sample count.
     """
     pooled_h, pooled_w = output_size
     rois = rois.detach().to(torch.float32)
     count = rois.shape[0]
-    scale, height, width = (torch.as_tensor(v).reshape(-1) for v in (spatial_scale, height, width))
-    scale = scale.to(torch.float32)
+    scale = float(spatial_scale)
     offset = 0.5 if aligned else 0.0
     start_x = rois[:, 1] * scale - offset
     start_y = rois[:, 2] * scale - offset
@@ -54,8 +52,6 @@ def bin_taps(rois: torch.Tensor, spatial_scale, height, width, output_size, samp
     bin_h = roi_h / pooled_h
     bin_w = roi_w / pooled_w
     image = rois[:, 0].long()
-    height = height.expand(count) if height.numel() == 1 else height
-    width = width.expand(count) if width.numel() == 1 else width
 
     # One vectorised pass per distinct sample grid (one pass when sampling_ratio > 0).
     if sampling_ratio > 0:
@@ -72,14 +68,12 @@ def bin_taps(rois: torch.Tensor, spatial_scale, height, width, output_size, samp
         if gh <= 0 or gw <= 0:  # an empty ROI: its bins stay 0, as in torchvision
             continue
         k = chosen.numel()
-        h, w = height[chosen].view(k, 1, 1), width[chosen].view(k, 1, 1)
-        y_low, y_high, y_weights = _taps(start_y[chosen], bin_h[chosen], pooled_h, gh, h)  # (k, ph, gh, 2)
-        x_low, x_high, x_weights = _taps(start_x[chosen], bin_w[chosen], pooled_w, gw, w)  # (k, pw, gw, 2)
+        y_low, y_high, y_weights = _taps(start_y[chosen], bin_h[chosen], pooled_h, gh, height)  # (k, ph, gh, 2)
+        x_low, x_high, x_weights = _taps(start_x[chosen], bin_w[chosen], pooled_w, gw, width)  # (k, pw, gw, 2)
         y_index = torch.stack([y_low, y_high], -1).view(k, pooled_h, 1, gh, 1, 2, 1)
         x_index = torch.stack([x_low, x_high], -1).view(k, 1, pooled_w, 1, gw, 1, 2)
-        w = w.view(k, 1, 1, 1, 1, 1, 1)
-        base = (image[chosen].view(k, 1, 1, 1, 1, 1, 1) * h.view(k, 1, 1, 1, 1, 1, 1) * w)
-        pixel = base + y_index * w + x_index
+        base = (image[chosen] * (height * width)).view(k, 1, 1, 1, 1, 1, 1)
+        pixel = base + y_index * width + x_index
         weight = y_weights.view(k, pooled_h, 1, gh, 1, 2, 1) * x_weights.view(k, 1, pooled_w, 1, gw, 1, 2) / float(gh * gw)
         shape = (k, pooled_h, pooled_w, gh, gw, 2, 2)
         yield chosen, pixel.expand(shape), weight.expand(shape)
@@ -110,12 +104,11 @@ def sampling_matrix(rois: torch.Tensor, feature_shape, spatial_scale: float, out
     return torch.sparse_coo_tensor(indices, values, (count * pooled_h * pooled_w, batch * height * width), check_invariants=False)
 
 
-def _taps(start, bin_size, pooled: int, grid: int, size: torch.Tensor):
+def _taps(start, bin_size, pooled: int, grid: int, size: int):
     """Per ROI, bin and sample along one axis: the two neighbouring pixels and their weights.
 
     Exactly torchvision's ``bilinear_interpolate`` along one axis: a sample outside [-1, size] gets
     weight 0, coordinates below 0 read pixel 0, and at the last pixel both neighbours are that pixel.
-    ``size`` is the map's size along the axis, (k, 1, 1).
     """
     k = start.numel()
     bins = torch.arange(pooled, dtype=torch.float32).view(1, pooled, 1)
@@ -127,7 +120,7 @@ def _taps(start, bin_size, pooled: int, grid: int, size: torch.Tensor):
     coordinate = coordinate.clamp(min=0.0)
     low = coordinate.long()
     last = low >= size - 1
-    low = torch.where(last, (size - 1).expand_as(low), low)
+    low = torch.where(last, torch.full_like(low, size - 1), low)
     high = torch.where(last, low, low + 1)
     coordinate = torch.where(last, low.to(torch.float32), coordinate)
     fraction = coordinate - low
