@@ -33,9 +33,10 @@ def bin_taps(rois: torch.Tensor, spatial_scale: float, height: int, width: int, 
     """ROIAlign's bilinear taps, grouped by sample grid: yields ``(chosen, pixel, weight)`` per group.
 
     ``rois`` is (K, 5): batch index, then x1, y1, x2, y2 in image coordinates; ``height`` and
-    ``width`` are the feature map's. ``chosen`` are the ROIs of the group; ``pixel`` and ``weight`` are (k, ph, pw, gh, gw, 2, 2): for
-    each bin and sample point its four neighbours, ``b * H * W + y * W + x`` (channels-last order),
-    and their weights, already divided by the bin's sample count.
+    ``width`` are the feature map's. ``chosen`` are the ROIs of the group; ``pixel`` and ``weight``
+    are (k, ph, pw, gh, gw, 2, 2): for each bin and sample point its four neighbours,
+    ``b * H * W + y * W + x`` (channels-last order), and their weights, already divided by the bin's
+    sample count.
     """
     pooled_h, pooled_w = output_size
     rois = rois.detach().to(torch.float32)
@@ -163,8 +164,8 @@ class ROIAlign(Detectron2ROIAlign):
         output_size = tuple(self.output_size) if isinstance(self.output_size, (tuple, list)) else (self.output_size,) * 2
         needs_grad = torch.is_grad_enabled() and input.requires_grad
         if input.device.type != "cpu" or input.dtype == torch.float64 or not needs_grad:
-            # torchvision's forward alone is as fast (faster for the few ROIs of inference)
-            # in fp32 (fp64 for fp64), as torchvision's autocast wrapper does for bf16 / fp16 features
+            # torchvision's forward alone is about as fast; in fp32 (fp64 for fp64), as its autocast
+            # wrapper computes bf16 / fp16 features
             compute = torch.float64 if input.dtype == torch.float64 else torch.float32
             return torchvision_roi_align(input.to(compute), rois.to(compute), output_size, self.spatial_scale,
                                          self.sampling_ratio, self.aligned).to(input.dtype)
