@@ -148,11 +148,14 @@ def flush_denormals(device: str) -> bool:
 
 def prepare_model(model, precision: Precision):
     """The model in the memory format ``precision`` wants, with the CPU ROIAlign of
-    :mod:`detector.roi_align` (the same arithmetic, about 5x faster with its backward pass); the
-    weights stay fp32. For training and inference alike; see also :func:`prepare_inference_model`."""
+    :mod:`detector.roi_align` (the same arithmetic, about 5x faster with its backward pass) and the
+    RPN of :mod:`detector.proposals` (a batch's proposals found in threads); the weights stay fp32.
+    For training and inference alike; see also :func:`prepare_inference_model`."""
+    from .proposals import use_threaded_proposals
     from .roi_align import use_sparse_roi_align
 
     use_sparse_roi_align(model)
+    use_threaded_proposals(model)
     if precision.channels_last:
         import torch
 

@@ -64,3 +64,30 @@ def test_a_checkpoint_from_the_unfused_optimizer_resumes_fused_and_identically()
     _train(theirs_model, theirs, steps=2)
     for a, b in zip(ours_model.state_dict().values(), theirs_model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_weights_step_through_views_with_the_same_update(monkeypatch):
+    """From the second step on, a channels-last weight, its gradient and its momentum reach the fused
+    kernel as contiguous NHWC views of the same memory (no copies), and the update is plain SGD's."""
+    ours_model = _model().to(memory_format=torch.channels_last)
+    plain_model = _model()
+    ours, plain = build_optimizer(_cfg(), ours_model), detectron2_build_optimizer(_cfg(), plain_model)
+    weight = ours_model[0].weight
+    assert not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
+    seen = []
+    fused = torch._fused_sgd_
+
+    def spy(params, grads, buffers, **options):
+        seen.append([(p.shape, p.is_contiguous(), p.data_ptr()) for p in params])
+        return fused(params, grads, buffers, **options)
+
+    monkeypatch.setattr(torch, "_fused_sgd_", spy)
+    _train(ours_model, ours, steps=4)
+    _train(plain_model, plain, steps=4)
+    conv = [(shape, contiguous) for step in seen[1:] for shape, contiguous, ptr in step if ptr == weight.data_ptr()]
+    assert conv == [(torch.Size([4, 3, 3, 3]), True)] * 3, seen  # NHWC shape, contiguous, the weight's own memory
+    assert ours_model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(ours_model.state_dict().values(), plain_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    buffer = ours.state[weight]["momentum_buffer"]
+    assert buffer.is_contiguous(memory_format=torch.channels_last)

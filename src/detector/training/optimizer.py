@@ -3,11 +3,18 @@ torch's fused kernel, which does the whole update (weight decay, momentum, step)
 multi-threaded pass per tensor instead of four dispatched operations. The update is the same; for
 the packaged R18-FPN (19M parameters) one step took 24 ms with the default loop and 10 ms fused on
 2 CPU cores (2026-12-01). CUDA has the same fused kernel.
+
+The fused kernel wants contiguous tensors: a channels-last convolution weight (the memory format of
+bf16 training on CPU) would be copied to a contiguous tensor and back, with its gradient and momentum,
+on every step, which was 10 ms of that 24. Where a parameter, its gradient and its momentum buffer
+are all channels-last, :meth:`FusedSGD.step` hands the kernel their NHWC views instead: the same
+memory read as contiguous tensors, element for element the same update (tested).
 """
 
 from __future__ import annotations
 
 import torch
+from torch.optim.sgd import sgd
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 # Per-group flags that pick the implementation, not the arithmetic: a checkpoint written without them
@@ -15,9 +22,53 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 IMPLEMENTATION_FLAGS = ("fused", "foreach")
 
 
+def _channels_last_views(tensors: tuple) -> tuple:
+    """``tensors`` as contiguous NHWC views where every one of them is a channels-last 4-D tensor."""
+    if all(t is not None and t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last) for t in tensors):
+        return tuple(t.permute(0, 2, 3, 1) for t in tensors)
+    return tensors
+
+
 class FusedSGD(torch.optim.SGD):
     def __init__(self, params, **options):
         super().__init__(params, fused=True, **options)
+
+    def _momentum_pending(self) -> bool:
+        """True until every parameter with a gradient has its momentum buffer (the first step makes them)."""
+        return any(
+            group["momentum"] != 0 and self.state.get(p, {}).get("momentum_buffer") is None
+            for group in self.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        )
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None or self._momentum_pending() or any(group["differentiable"] for group in self.param_groups):
+            return super().step(closure)
+        for group in self.param_groups:
+            params, grads, buffers = [], [], []
+            has_sparse_grad = self._init_group(group, params, grads, buffers)
+            if group["momentum"] != 0:  # (without momentum there are no buffers: the kernel takes [])
+                views = [_channels_last_views(triple) for triple in zip(params, grads, buffers)]
+                params, grads, buffers = [v[0] for v in views], [v[1] for v in views], [v[2] for v in views]
+            sgd(
+                params,
+                grads,
+                buffers,
+                weight_decay=group["weight_decay"],
+                momentum=group["momentum"],
+                lr=group["lr"],
+                dampening=group["dampening"],
+                nesterov=group["nesterov"],
+                maximize=group["maximize"],
+                has_sparse_grad=has_sparse_grad,
+                foreach=group["foreach"],
+                fused=group["fused"],
+                grad_scale=getattr(self, "grad_scale", None),
+                found_inf=getattr(self, "found_inf", None),
+            )
+        return None
 
 
 def build_optimizer(cfg, model) -> torch.optim.Optimizer:
