@@ -267,6 +267,19 @@ def test_a_mask_model_gets_built_in_data_with_masks_in_its_own_folder(tmp_path, 
         assert annotations and all(("segmentation" in a) is has_masks for a in annotations)
 
 
+def test_training_ap_on_a_sample_of_the_demo_data_only(tmp_path):
+    """The demo measures training_ap on as many training images as its test set holds; a run on the
+    user's own channels keeps the hyperparameter's default, and a value the run was given wins."""
+    parameters = local_parameters(tmp_path, {})
+    demo = LocalRun(tmp_path, parameters, "e1", backend=None, log=lambda line: None)
+    assert demo.training_hyperparameters()["training_eval_images"] == "64"
+    given = LocalRun(tmp_path, parameters, "e2", backend=None, log=lambda line: None,
+                     hyperparameters={"model": "detector/faster_rcnn_R_18_FPN_128px.yaml", "training_eval_images": "200"})
+    assert given.training_hyperparameters()["training_eval_images"] == "200"
+    own = LocalRun(tmp_path, parameters, "e3", backend=None, log=lambda line: None, data_dir=tmp_path / "mine")
+    assert "training_eval_images" not in own.training_hyperparameters()
+
+
 def test_hyperparameters_of_a_local_run_are_checked_before_anything_runs(tmp_path, capsys):
     from detector.cli import main
 

@@ -58,6 +58,9 @@ LOCAL_HYPERPARAMETERS = {
     "log_period": "10",
 }
 DEMO_DATA = {"train_images": 256, "test_images": 64, "image_size": 256, "seed": 0}
+# On the demo data, training_ap on 64 of its 256 training images (as many as its test set): 1.5 s
+# instead of 6. A run on your own channels (--data) keeps the hyperparameter's default.
+DEMO_HYPERPARAMETERS = {"training_eval_images": str(DEMO_DATA["test_images"])}
 
 
 def local_parameters(root: Path, overrides: dict[str, spec.Value]) -> dict[str, spec.Value]:
@@ -191,6 +194,8 @@ class LocalRun:
 
     def training_hyperparameters(self) -> dict[str, str]:
         hyperparameters = dict(self.hyperparameters)
+        if self.data_dir is None:
+            hyperparameters = {**DEMO_HYPERPARAMETERS, **hyperparameters}
         for parameter in spec.PARAMETERS:
             if parameter.hyperparameter:
                 hyperparameters[parameter.hyperparameter] = str(self.parameters[parameter.name])
@@ -239,7 +244,9 @@ class LocalRun:
                 self.log(f"  {name} {progress.metrics[name]:.4f}")
         archive = self.execution_dir / "artifacts" / "model.tar.gz"
         archive.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive, "w:gz") as tar:  # what SageMaker uploads from /opt/ml/model
+        # What SageMaker uploads from /opt/ml/model. The weights are floats that gzip barely shrinks
+        # (77.6 MB to 71.7 at level 9, 71.9 at level 1), so the fastest level: 3.5 s instead of 4.5.
+        with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
             for path in sorted(job.model_dir.iterdir()):
                 tar.add(path, arcname=path.name)
         self.log(f"  model artifact {archive}")
