@@ -117,7 +117,10 @@ def generate(
                 annotation["area"] = _mask_area(annotation["segmentation"], height, width)
             annotations.append(annotation)
         file_name = f"images/{index:05d}.{image_format}"
-        image.save(output / file_name)
+        # PNG without compression: noise barely compresses (197 KB a 256 px image instead of 166), and
+        # zlib cost 14 ms to write and 2.2 ms to read each image (5.8 and 0.5 ms stored), which the
+        # training loader pays on every step. The pixels are the same.
+        image.save(output / file_name, **({"compress_level": 0} if image_format == "png" else {}))
         images.append({"id": index + 1, "file_name": file_name, "width": width, "height": height})
     path = output / ANNOTATION_FILE
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": list(CATEGORIES)}))
