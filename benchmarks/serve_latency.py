@@ -296,7 +296,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="server workers (SAGEMAKER_MODEL_SERVER_WORKERS)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--model-calls", type=int, default=60, help="one-image calls per process in the precision comparison")
-    parser.add_argument("--model-rounds", type=int, default=2, help="alternating rounds of the precision comparison")
+    parser.add_argument("--model-rounds", type=int, default=4, help="alternating rounds of the precision comparison")
     parser.add_argument("--mask-rounds", type=int, default=20, help="rounds of the mask section")
     parser.add_argument("--masks-only", action="store_true", help="only the mask section (no server)")
     args = parser.parse_args()
