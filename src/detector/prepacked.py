@@ -66,8 +66,7 @@ class PrepackedConv2d(Conv2d):
         return y
 
     def __getstate__(self):  # a copy or pickle reorders again on first use
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        state = dict(state)
+        state = self.__dict__.copy()
         state.pop("_packed", None)
         state.pop("_packed_key", None)
         return state
