@@ -19,7 +19,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "detector"
 
-CONTRACT_MODULES = ("environment", "errors", "failure", "model_dir", "precision", "predictor", "pipeline_spec", "prepacked", "proposals", "roi_align")
+CONTRACT_MODULES = ("environment", "errors", "failure", "model_dir", "precision", "predictor", "pipeline_spec", "matmul_conv", "prepacked", "proposals", "roi_align")
 LAYER_PACKAGES = ("data", "evaluation", "training", "serving", "local", "commands")
 ENTRY_MODULES = ("cli", "__main__")  # cli loads the commands with importlib by name, runs them in failure.run_command
 

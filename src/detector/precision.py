@@ -149,13 +149,16 @@ def flush_denormals(device: str) -> bool:
 def prepare_model(model, precision: Precision):
     """The model in the memory format ``precision`` wants, with the CPU ROIAlign of
     :mod:`detector.roi_align` (the same arithmetic, about 5x faster with its backward pass) and the
-    RPN of :mod:`detector.proposals` (a batch's proposals found in threads); the weights stay fp32.
-    For training and inference alike; see also :func:`prepare_inference_model`."""
+    RPN of :mod:`detector.proposals` (a batch's proposals found in threads) and, for training on CPU,
+    the last stage's large 3x3 convolutions over small maps as matrix products (:mod:`detector.matmul_conv`);
+    the weights stay fp32. For training and inference alike; see also :func:`prepare_inference_model`."""
+    from .matmul_conv import use_matmul_convolutions
     from .proposals import use_threaded_proposals
     from .roi_align import use_sparse_roi_align
 
     use_sparse_roi_align(model)
     use_threaded_proposals(model)
+    use_matmul_convolutions(model)
     if precision.channels_last:
         import torch
 

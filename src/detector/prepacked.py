@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from detectron2.layers import Conv2d
 
+from .matmul_conv import MatmulConv2d
+
 MIN_WEIGHTS = 1_000_000
 MAX_PIXELS = 16 * 16
 
@@ -73,10 +75,13 @@ class PrepackedConv2d(Conv2d):
 
 
 def use_prepacked_convolutions(model) -> int:
-    """Make each large detectron2 ``Conv2d`` of ``model`` a :class:`PrepackedConv2d`; returns how many."""
+    """Make each large detectron2 ``Conv2d`` of ``model`` a :class:`PrepackedConv2d`; returns how many.
+
+    A :class:`~detector.matmul_conv.MatmulConv2d` (training's path for the same layers, kept by a copy of a
+    training model) becomes one too."""
     changed = 0
     for module in model.modules():
-        if type(module) is Conv2d and module.weight.numel() >= MIN_WEIGHTS:
+        if type(module) in (Conv2d, MatmulConv2d) and module.weight.numel() >= MIN_WEIGHTS:
             module.__class__ = PrepackedConv2d
             changed += 1
     return changed
