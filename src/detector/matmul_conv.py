@@ -58,9 +58,10 @@ class _Conv3x3(torch.autograd.Function):
         matrix = weight.to(dtype)
         matrix = (matrix.permute(0, 2, 3, 1) if tap_major else matrix).reshape(weight.shape[0], 9 * c)
         ctx.save_for_backward(columns, matrix)
-        ctx.shapes = (x.shape, x.dtype, weight.dtype, stride, tap_major, x.is_contiguous(memory_format=torch.channels_last))
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        ctx.shapes = (x.shape, x.dtype, weight.dtype, stride, tap_major, channels_last)
         y = (columns @ matrix.t()).view(n, ho, wo, -1).permute(0, 3, 1, 2)  # channels-last memory
-        return y if ctx.shapes[-1] else y.contiguous()
+        return y if channels_last else y.contiguous()
 
     @staticmethod
     @once_differentiable
