@@ -60,8 +60,61 @@ def register_dataset(name: str, records: list[dict], labels: LabelMap, json_file
     )
 
 
-def _as_list(batch: list) -> list:
-    return batch
+def _as_list(batch: list):
+    """The collate function: the batch as it is, or, in a loader worker, a :class:`SharedBatch`."""
+    import torch
+
+    return SharedBatch(batch) if torch.utils.data.get_worker_info() is not None else batch
+
+
+# Tensors in a SharedBatch's buffer start at multiples of this many bytes, so each can be viewed in its dtype.
+_ALIGN = 64
+
+
+class SharedBatch:
+    """A loader worker's batch, sent to the training process with all its tensors in one buffer.
+
+    torch sends each tensor of a worker's result through its own shared-memory file and file descriptor.
+    A detection batch holds about 3 tensors per image (the image, its boxes, its classes, more with
+    masks), and receiving 8 images' worth took 8-12 ms of each step on 2 cores, against 3.5-4 ms with
+    one buffer (a ready batch, 2026-12-02). Pickling a SharedBatch copies its tensors into one uint8
+    buffer and pickles the rest of the batch as it is; unpickling gives back the batch itself (the same
+    types, values, dtypes and shapes), each tensor a view of that buffer."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def __reduce__(self):
+        import io
+        import pickle
+
+        import torch
+
+        tensors: list = []
+        structure = io.BytesIO()
+        pickler = pickle.Pickler(structure, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.persistent_id = lambda obj: (tensors.append(obj) or len(tensors) - 1) if isinstance(obj, torch.Tensor) else None
+        pickler.dump(self.batch)
+        layout, size = [], 0
+        for tensor in tensors:
+            nbytes = tensor.numel() * tensor.element_size()
+            layout.append((size, nbytes, tensor.dtype, tuple(tensor.shape)))
+            size += -(-nbytes // _ALIGN) * _ALIGN
+        buffer = torch.empty(size, dtype=torch.uint8)
+        for tensor, (offset, nbytes, _, _) in zip(tensors, layout):
+            if nbytes:
+                buffer[offset : offset + nbytes].copy_(tensor.detach().contiguous().reshape(-1).view(torch.uint8))
+        return _unpack_batch, (structure.getvalue(), buffer, layout)
+
+
+def _unpack_batch(structure: bytes, buffer, layout):
+    import io
+    import pickle
+
+    tensors = [buffer[offset : offset + nbytes].view(dtype).view(shape) for offset, nbytes, dtype, shape in layout]
+    unpickler = pickle.Unpickler(io.BytesIO(structure))
+    unpickler.persistent_load = lambda index: tensors[index]
+    return unpickler.load()
 
 
 def _worker_init(worker_id: int) -> None:
