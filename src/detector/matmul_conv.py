@@ -29,9 +29,19 @@ MIN_WEIGHTS = 1_000_000
 MAX_ROWS = {torch.bfloat16: 512, torch.float32: 256}
 
 
+def cpu_compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a CPU layer computes ``x`` in: autocast's where it is on, else ``x``'s own."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+
+
+def _output_size(size, stride):
+    return (size[0] - 1) // stride[0] + 1, (size[1] - 1) // stride[1] + 1
+
+
 def _taps(size, stride):
-    """The nine (row, column) windows of a padded NHWC map that each output pixel reads, by tap."""
-    out = (size[0] - 1) // stride[0] + 1, (size[1] - 1) // stride[1] + 1
+    """The output size, and the nine (row, column) windows of a padded NHWC map that each output pixel
+    reads, by tap."""
+    out = _output_size(size, stride)
     return out, [
         (slice(ky, ky + stride[0] * (out[0] - 1) + 1, stride[0]), slice(kx, kx + stride[1] * (out[1] - 1) + 1, stride[1]))
         for ky in range(3)
@@ -95,10 +105,10 @@ class MatmulConv2d(Conv2d):
             return None
         if not torch.is_grad_enabled() or not (self.weight.requires_grad or x.requires_grad):
             return None
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        dtype = cpu_compute_dtype(x)
         if dtype not in MAX_ROWS or self.weight.dtype != torch.float32 and self.weight.dtype != dtype:
             return None
-        (ho, wo), _ = _taps(x.shape[-2:], self.stride)
+        ho, wo = _output_size(x.shape[-2:], self.stride)
         return dtype if 0 < x.shape[0] * ho * wo <= MAX_ROWS[dtype] else None
 
     def forward(self, x):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from detectron2.layers import Conv2d
 
-from .matmul_conv import MatmulConv2d
+from .matmul_conv import MatmulConv2d, cpu_compute_dtype
 
 MIN_WEIGHTS = 1_000_000
 MAX_PIXELS = 16 * 16
@@ -39,8 +39,7 @@ class PrepackedConv2d(Conv2d):
             return False
         if x.shape[-2] * x.shape[-1] > MAX_PIXELS or self.padding_mode != "zeros":
             return False
-        compute = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-        return compute == self.weight.dtype and self.weight.dtype in (torch.float32, torch.bfloat16)
+        return cpu_compute_dtype(x) == self.weight.dtype and self.weight.dtype in (torch.float32, torch.bfloat16)
 
     def _packed_weight(self) -> torch.Tensor:
         key = (self.weight.data_ptr(), self.weight._version, self.weight.dtype)
