@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import re
 import tarfile
 
@@ -18,10 +19,40 @@ from detector.model_dir import (
     config_from_yaml,
     extract_model_archive,
     read_model_dir,
+    save_model,
 )
 
 CATEGORIES = [Category(12, "triangle"), Category(3, "circle"), Category(7, "square")]
 SOURCE_MESSAGE = "expected {'categories': [{'index', 'id', 'name'}, ...]} with indices 0..N-1"
+
+
+def test_save_model_writes_files_everyone_can_read(tmp_path):
+    """A model trained as root (the training image) is served by an unprivileged user (docker-compose.yml)."""
+    import torch
+
+    save_model(tmp_path / "model", {"w": torch.zeros(2)}, "MODEL: {}\n", LabelMap.from_categories(CATEGORIES), {"ap": 0.5})
+    modes = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "model").iterdir()}
+    assert set(modes) == {WEIGHTS_FILE, CONFIG_FILE, LABELS_FILE, METRICS_FILE}
+    assert all(mode & 0o444 == 0o444 for mode in modes.values()), modes
+
+
+def test_an_unreadable_model_file_is_named_with_the_user(tmp_path, monkeypatch):
+    import pathlib
+
+    import torch
+
+    save_model(tmp_path / "model", {"w": torch.zeros(2)}, "MODEL: {}\n", LabelMap.from_categories(CATEGORIES), {})
+    labels = tmp_path / "model" / LABELS_FILE
+    read_text = pathlib.Path.read_text
+
+    def unreadable(path, *args, **kwargs):  # what a user other than the owner meets with a 0600 file
+        if path == labels:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", unreadable)
+    with pytest.raises(ModelDirectoryError, match=re.escape(f"{labels}: cannot be read by this user (uid {os.getuid()})")):
+        read_model_dir(tmp_path / "model")
 
 
 def test_label_map_sorts_categories_by_dataset_id():
@@ -165,7 +196,15 @@ def make_archive(path, members: dict[str, bytes]):
     return path
 
 
-def test_extract_model_archive(tmp_path):
+@pytest.fixture(params=["data filter", "no data filter"])
+def tar_filters(request, monkeypatch):
+    """Python 3.11.4+ and 3.12 have tarfile's data filter; Debian 12's 3.11.2 (the CPU images) has not."""
+    if request.param == "no data filter":
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    return request.param
+
+
+def test_extract_model_archive(tmp_path, tar_filters):
     source = write_model_dir(tmp_path / "model")
     archive = make_archive(tmp_path / "model.tar.gz", {p.name: p.read_bytes() for p in sorted(source.iterdir())})
     into = tmp_path / "extracted"
@@ -174,7 +213,7 @@ def test_extract_model_archive(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["../escaped.txt", "model/../../escaped.txt", "./../escaped.txt"])
-def test_extract_refuses_members_outside_the_target(tmp_path, name):
+def test_extract_refuses_members_outside_the_target(tmp_path, name, tar_filters):
     archive = make_archive(tmp_path / "model.tar.gz", {name: b"outside"})
     into = tmp_path / "deep" / "extracted"
     with pytest.raises(ModelDirectoryError, match=re.escape(f"{archive}: cannot extract the model archive (")):
@@ -182,7 +221,7 @@ def test_extract_refuses_members_outside_the_target(tmp_path, name):
     assert not (tmp_path / "deep" / "escaped.txt").exists() and not (tmp_path / "escaped.txt").exists()
 
 
-def test_extract_puts_absolute_members_inside_the_target(tmp_path):
+def test_extract_puts_absolute_members_inside_the_target(tmp_path, tar_filters):
     outside = tmp_path / "escaped-absolute.txt"
     archive = make_archive(tmp_path / "model.tar.gz", {str(outside): b"outside"})
     into = tmp_path / "extracted"
@@ -191,7 +230,7 @@ def test_extract_puts_absolute_members_inside_the_target(tmp_path):
     assert (into / str(outside).lstrip("/")).read_bytes() == b"outside"
 
 
-def test_extract_refuses_a_link_pointing_outside_the_target(tmp_path):
+def test_extract_refuses_a_link_pointing_outside_the_target(tmp_path, tar_filters):
     archive = tmp_path / "model.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         link = tarfile.TarInfo("labels.json")

@@ -79,6 +79,9 @@ def write_json_atomic(path: Path, data: object) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
+        # Readable by all like the files written beside it (mkstemp makes 0600): a model trained as root
+        # is served by the image's unprivileged user (docker-compose.yml).
+        os.fchmod(f.fileno(), 0o644)
     os.replace(f.name, path)
 
 
@@ -126,17 +129,46 @@ def read_model_dir(model_dir: Path) -> ModelFiles:
         )
     labels_path = model_dir / LABELS_FILE
     try:
-        labels_data = json.loads(labels_path.read_text())
+        labels_data = json.loads(_read_text(labels_path))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelDirectoryError(f"{labels_path}: not valid JSON ({e})") from e
-    return ModelFiles(model_dir, (model_dir / CONFIG_FILE).read_text(), LabelMap.from_json(labels_data, labels_path))
+    return ModelFiles(model_dir, _read_text(model_dir / CONFIG_FILE), LabelMap.from_json(labels_data, labels_path))
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except PermissionError as e:
+        raise ModelDirectoryError(
+            f"{path}: cannot be read by this user (uid {os.getuid()}): make the model's files readable by it "
+            "(for example chmod a+r), or run as their owner"
+        ) from e
+
+
+def _model_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
+    """A model archive holds files and folders under its root and nothing else (no links, devices or
+    ``..`` paths; absolute names land inside the target), checked here on every Python because
+    ``filter="data"`` exists only from 3.11.4 (Debian 12's python3 is 3.11.2)."""
+    members = tar.getmembers()
+    for member in members:
+        if ".." in Path(member.name).parts or not (member.isfile() or member.isdir()):
+            raise ModelDirectoryError(
+                f"{archive}: cannot extract the model archive (member {member.name!r}: only files and "
+                "folders under the archive's root are allowed, no links, devices or '..' paths)"
+            )
+        member.name = member.name.lstrip("/")
+    return members
 
 
 def extract_model_archive(archive: Path, into: Path) -> Path:
     """Extract a SageMaker ``model.tar.gz`` safely (no paths outside ``into``) and return the model dir."""
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(into, filter="data")
+            members = _model_members(tar, archive)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(into, members=members, filter="data")
+            else:
+                tar.extractall(into, members=members)  # noqa: S202 (members checked above)
     except (tarfile.TarError, OSError) as e:
         raise ModelDirectoryError(f"{archive}: cannot extract the model archive ({e})") from e
     return into
