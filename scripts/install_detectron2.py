@@ -9,6 +9,8 @@ Pillow, builds a wheel once into a cache and installs it. A second run with dete
 installed returns in about a second.
 
 Usage: python scripts/install_detectron2.py [--cache DIR] [--force]
+       python scripts/install_detectron2.py --wheel-dir DIR   (build the wheel into DIR, install nothing;
+                                                              the images' `sdist` source does this)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ SDIST = "pb1-detectron2==0.6"
 SDIST_FILE = "pb1-detectron2-0.6.tar.gz"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 # The local version label tells this build apart from a compiled one in `pip list`.
-WHEEL_VERSION = "0.6+cpu.py1"
+WHEEL_VERSION = "0.6+cpu.py2"
 
 # detectron2 v0.6's own runtime dependencies (its setup.py), pinned to releases that work together
 # on Python 3.11 with torch 2.14.
@@ -77,6 +79,7 @@ setup(
     package_data={{"detectron2.model_zoo": ["configs/**/*.yaml", "configs/**/*.py"]}},
     include_package_data=False,
     python_requires=">=3.8",
+    install_requires={RUNTIME_REQUIREMENTS!r},
 )
 '''
 
@@ -165,7 +168,10 @@ def build_wheel(cache: Path) -> Path:
         tmp_path = Path(tmp)
         sdist = download_sdist(tmp_path)
         with tarfile.open(sdist) as archive:
-            archive.extractall(tmp_path, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                archive.extractall(tmp_path, filter="data")
+            else:  # Python < 3.11.4 (Debian 12's 3.11.2): the archive's sha256 was checked above
+                archive.extractall(tmp_path)  # noqa: S202
         source = tmp_path / "pb1-detectron2-0.6"
         patch_sources(source)
         run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
@@ -180,12 +186,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path(".cache/detectron2"))
     parser.add_argument("--force", action="store_true", help="rebuild and reinstall even if installed")
+    parser.add_argument("--wheel-dir", type=Path,
+                        help="only build the wheel into this folder (its dependencies are declared in it)")
     args = parser.parse_args()
 
     try:
         import torch  # noqa: F401
     except ImportError:
         raise SystemExit("install torch first: detectron2's sources import it while being packaged") from None
+
+    if args.wheel_dir is not None:
+        args.wheel_dir.mkdir(parents=True, exist_ok=True)
+        wheel = build_wheel(args.wheel_dir.resolve())
+        print(f"built {wheel}")
+        return 0
 
     current = installed_version()
     if current is not None and not args.force:

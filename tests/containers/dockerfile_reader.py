@@ -120,3 +120,65 @@ def parse(path: Path) -> Dockerfile:
 
 def resolve(reference: str, args: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m.group(1) or m.group(2)], reference)
+
+
+# --- what a build of one target runs, with build arguments applied ---------------------------------
+
+_VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+_STAGE_FLAG = re.compile(r"(--from=|\bfrom=)([\w.-]+)")
+
+
+def _substitute(text: str, scope: dict[str, str]) -> str:
+    """${NAME} and $NAME of build arguments in scope replaced by their values; anything else (shell
+    variables, ${NAME#pattern}) left as written, as the shell sees it at build time."""
+
+    def value(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        return scope[name] if name in scope else match.group(0)
+
+    return _VARIABLE.sub(value, text)
+
+
+def effective_build(dockerfile: Dockerfile, target: str, build_args: dict[str, str] | None = None) -> dict:
+    """The instructions a build of ``target`` runs, as BuildKit resolves them: the base image
+    references and every ARG substituted, the chain of stages a stage builds FROM inlined in order,
+    and each stage another stage reads (COPY --from, RUN --mount from=) named by the digest of its own
+    effective build. ARG lines themselves produce nothing and are left out; stage names, comments and
+    line breaks do not matter. Two Dockerfiles with equal results build the same images.
+
+    Returns {"target": [lines], "stages": {digest: [lines]}}."""
+    import hashlib
+
+    build_args = build_args or {}
+    globals_ = {**dockerfile.global_args, **{k: v for k, v in build_args.items() if k in dockerfile.global_args}}
+    by_name = {stage.name.lower(): stage for stage in dockerfile.stages if stage.name}
+    stages: dict[str, list[str]] = {}
+
+    def lines_of(stage: Stage) -> list[str]:
+        base = resolve(stage.base, globals_)
+        lines = lines_of(by_name[base.lower()]) if base.lower() in by_name else [f"FROM {base}"]
+        scope: dict[str, str] = {}
+        for instruction in stage.instructions[1:]:
+            if instruction.keyword == "ARG":
+                name, has_default, default = instruction.value.partition("=")
+                if name in build_args:
+                    scope[name] = build_args[name]
+                elif has_default:
+                    scope[name] = arg_defaults([instruction])[name]
+                elif name in globals_:
+                    scope[name] = globals_[name]
+                continue
+            flags = [_STAGE_FLAG.sub(lambda m: m.group(1) + digest_of(m.group(2)), _substitute(f, scope))
+                     for f in instruction.flags]
+            lines.append(" ".join([instruction.keyword, *flags, _substitute(instruction.value, scope)]))
+        return lines
+
+    def digest_of(name: str) -> str:
+        if name.lower() not in by_name:
+            return name  # an image, not a stage
+        lines = lines_of(by_name[name.lower()])
+        digest = "stage-" + hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+        stages[digest] = lines
+        return digest
+
+    return {"target": lines_of(by_name[target.lower()]), "stages": stages}
