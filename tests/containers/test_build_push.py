@@ -44,8 +44,15 @@ if tool == "docker":
         fail("Cannot connect to the Docker daemon at unix:///var/run/docker.sock.")
     if args[:1] == ["login"] and env("FAKE_LOGIN_FAIL"):
         fail("Error response from daemon: login attempt failed with status: 400 Bad Request")
-    if args[:1] == ["build"] and env("FAKE_BUILD_FAIL"):
+    if args[:2] == ["buildx", "version"] and env("FAKE_NO_BUILDX"):
+        fail("docker: 'buildx' is not a docker command.")
+    if args[:1] == ["version"]:
+        print(env("FAKE_CLIENT_VERSION", "27.3.1"))
+        sys.exit(0)
+    if "build" in args[:2] and env("FAKE_BUILD_FAIL"):
         fail("ERROR: failed to solve: process did not complete successfully")
+    if "build" in args[:2] and env("FAKE_BUILD_ENV"):
+        print("DOCKER_BUILDKIT=" + env("DOCKER_BUILDKIT", ""))
     print("docker " + " ".join(args[:1]) + " ok")
 elif tool == "aws":
     if args[:2] == ["sts", "get-caller-identity"]:
@@ -135,17 +142,30 @@ def versions(root: Path) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def expected_build(project: Project, name: str, repository: str, tag: str, extra: tuple[str, ...] = ()) -> list[str]:
-    build_args = [item for line in versions(project.root) for item in ("--build-arg", line)]
+def pins(root: Path, name: str) -> list[str]:
+    lines = (root / "containers" / name).read_text().splitlines()
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+BUILDX = ("docker", "buildx", "build", "--platform", "linux/amd64", "--provenance=false", "--output", "type=docker")
+
+
+def expected_build(project: Project, name: str, repository: str, tag: str, extra: tuple[str, ...] = (), *,
+                   flavour: str = "cuda", registry: str | None = REGISTRY, builder: tuple[str, ...] = BUILDX,
+                   latest: str = "latest") -> list[str]:
+    lines = versions(project.root) + (pins(project.root, "cpu.env") if flavour == "cpu" else [])
+    build_args = [item for line in lines for item in ("--build-arg", line)]
     for line in extra:
         build_args += ["--build-arg", line]
     build_args += ["--build-arg", "VERSION=0.1.0", "--build-arg", f"GIT_REVISION={project.git('rev-parse', 'HEAD')}"]
-    uri = f"{REGISTRY}/{repository}"
+    uri = f"{registry}/{repository}" if registry else repository
     return [
-        "docker", "build", "--platform", "linux/amd64", "--provenance=false", "--output", "type=docker",
-        "--file", str(project.root / "containers" / name / "Dockerfile"), "--target", name, *build_args,
-        "--tag", f"{uri}:{tag}", "--tag", f"{uri}:latest", str(project.root),
+        *builder, "--file", str(project.root / "containers" / "Dockerfile"), "--target", name, *build_args,
+        "--tag", f"{uri}:{tag}", "--tag", f"{uri}:{latest}", str(project.root),
     ]
+
+
+PROBE = ["docker", "buildx", "version"]
 
 
 def describe(name: str) -> list[str]:
@@ -167,6 +187,7 @@ def test_full_run_creates_only_the_missing_repository_logs_in_builds_and_pushes(
 
     assert project.commands() == [
         ["docker", "info"],
+        PROBE,
         ["aws", "sts", "get-caller-identity", "--query", "Account", "--output", "text"],
         describe("detector-train"),
         create("detector-train"),
@@ -223,6 +244,7 @@ def test_no_push_builds_both_images_without_touching_aws(project):
     assert result.returncode == 0, result.stderr
     assert project.commands() == [
         ["docker", "info"],
+        PROBE,
         expected_build(project, "train", "detector-train", "v2"),
         expected_build(project, "serve", "detector-serve", "v2"),
     ]
@@ -297,7 +319,8 @@ def test_missing_tools_and_credentials_stop_before_anything_changes(project, too
     assert result.returncode != 0
     assert f"build_push.sh: error: {message}" in result.stderr
     assert "Traceback" not in result.stderr
-    assert not any(c[1] in ("build", "push", "login") or c[1:3] == ["ecr", "create-repository"] for c in project.commands())
+    assert not any("build" in c[1:3] or c[1] in ("push", "login") or c[1:3] == ["ecr", "create-repository"]
+                   for c in project.commands())
     assert result.stdout == ""
 
 
@@ -306,7 +329,7 @@ def test_failed_login_stops_before_building(project):
                          existing_repos="detector-train,detector-serve", login_fail="1")
     assert result.returncode != 0
     assert f"docker login to {REGISTRY} failed" in result.stderr
-    assert not any(c[1] in ("build", "push") for c in project.commands())
+    assert not any("build" in c[1:3] or c[1] == "push" for c in project.commands())
     assert result.stdout == ""
 
 
@@ -337,6 +360,8 @@ def test_a_failed_build_pushes_nothing_and_prints_no_uris(project):
         (("--tag", "-bad"), "--tag '-bad' is not a valid image tag"),
         (("--train-repo", "Detector_Train"), "'Detector_Train' is not a valid ECR repository name"),
         (("--build-arg", "lowercase=1"), "--build-arg 'lowercase=1': expected KEY=VALUE"),
+        (("--flavour", "rocm"), "--flavour 'rocm': expected cuda or cpu"),
+        (("--network", "host;rm"), "--network 'host;rm' is not a network name"),
     ],
 )
 def test_bad_options_get_specific_errors(project, args, message):
@@ -348,7 +373,7 @@ def test_bad_options_get_specific_errors(project, args, message):
     result = project.run(*full, "--no-push")
     assert result.returncode == 1
     assert f"build_push.sh: error: {message}" in result.stderr
-    assert not any(c[1] == "build" for c in project.commands())
+    assert not any("build" in c[1:3] for c in project.commands())
 
 
 def test_no_region_anywhere_is_an_error(project):
@@ -360,7 +385,8 @@ def test_no_region_anywhere_is_an_error(project):
 def test_help_describes_every_option(project):
     result = project.run("--help", tools=())
     assert result.returncode == 0
-    for option in ("--region", "--account", "--train-repo", "--serve-repo", "--tag", "--build-arg", "--no-push", "--dry-run"):
+    for option in ("--region", "--account", "--train-repo", "--serve-repo", "--tag", "--build-arg", "--no-push", "--dry-run",
+                   "--flavour", "--network", "--local"):
         assert option in result.stdout
     assert "set -euo" not in result.stdout
 
@@ -369,3 +395,64 @@ def test_script_is_strict_and_executable():
     script = REPO / "scripts" / "build_push.sh"
     assert os.access(script, os.X_OK)
     assert "\nset -euo pipefail\n" in script.read_text()
+
+
+def test_the_cpu_flavour_passes_cpu_env_after_the_pins_and_tags_with_cpu(project):
+    short = project.git("rev-parse", "--short", "HEAD")
+    result = project.run("--region", REGION, "--account", ACCOUNT, "--flavour", "cpu",
+                         existing_repos="detector-train,detector-serve")
+    assert result.returncode == 0, result.stderr
+    tag = f"{short}-cpu"
+    commands = project.commands()
+    assert expected_build(project, "train", "detector-train", tag, flavour="cpu", latest="latest-cpu") in commands
+    assert expected_build(project, "serve", "detector-serve", tag, flavour="cpu", latest="latest-cpu") in commands
+    assert [c[2] for c in commands if c[1] == "push"] == [
+        f"{REGISTRY}/detector-train:{tag}", f"{REGISTRY}/detector-train:latest-cpu",
+        f"{REGISTRY}/detector-serve:{tag}", f"{REGISTRY}/detector-serve:latest-cpu",
+    ]
+    assert result.stdout.splitlines() == uri_lines(f"detector-train:{tag}", f"detector-serve:{tag}")
+
+
+def test_local_builds_local_names_without_aws_region_or_account(project):
+    result = project.run("--local", "--flavour", "cpu", "--tag", "cpu", "--network", "host", tools=("docker",))
+    assert result.returncode == 0, result.stderr
+    with_network = (*BUILDX, "--network", "host")
+    assert project.commands() == [
+        ["docker", "info"],
+        PROBE,
+        expected_build(project, "train", "detector-train", "cpu", flavour="cpu", registry=None, builder=with_network,
+                       latest="latest-cpu"),
+        expected_build(project, "serve", "detector-serve", "cpu", flavour="cpu", registry=None, builder=with_network,
+                       latest="latest-cpu"),
+    ]
+    assert result.stdout.splitlines() == ["TRAIN_IMAGE_URI=detector-train:cpu", "SERVE_IMAGE_URI=detector-serve:cpu"]
+
+
+def test_a_client_older_than_23_without_buildx_builds_with_its_classic_buildkit(project):
+    result = project.run("--local", "--tag", "v7", tools=("docker",), no_buildx="1", client_version="20.10.24+dfsg1",
+                         build_env="1")
+    assert result.returncode == 0, result.stderr
+    classic = ("docker", "build", "--platform", "linux/amd64")
+    assert project.commands()[-1] == expected_build(project, "serve", "detector-serve", "v7", registry=None, builder=classic)
+    # BuildKit, not the legacy builder (which cannot run RUN --mount).
+    assert "DOCKER_BUILDKIT=1" in result.stderr
+
+
+def test_a_newer_client_without_buildx_is_refused_with_what_to_do(project):
+    result = project.run("--local", "--tag", "v8", tools=("docker",), no_buildx="1", client_version="28.2.2")
+    assert result.returncode == 1
+    assert "build_push.sh: error: docker (client 28.2.2) has no buildx plugin" in result.stderr
+    assert "scripts/engine.sh up" in result.stderr
+    assert not any("build" in c[1:3] for c in project.commands())
+
+
+def test_the_docker_client_can_be_named_by_the_docker_variable(project):
+    own = project.bin_dir / "engine-docker"
+    result = project.run("--local", "--tag", "v9", tools=("docker",))
+    (project.bin_dir / "docker").rename(own)
+    result = subprocess.run([shutil.which("bash"), str(project.root / "scripts" / "build_push.sh"), "--local", "--tag", "v9"],
+                            env={"PATH": str(project.bin_dir), "HOME": str(project.root), "FAKE_RECORD": str(project.record),
+                                 "DOCKER": str(own)}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert {c["tool"] for c in project.calls()} == {"docker", "engine-docker"}
+    assert project.calls()[-1]["args"][:2] == ["buildx", "build"] and project.calls()[-1]["tool"] == "engine-docker"
