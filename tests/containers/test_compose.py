@@ -66,7 +66,7 @@ def test_services_use_the_two_images_built_from_their_dockerfiles(compose):
     for name in ("train", "serve"):
         service = services[name]
         assert service["command"] == [name]
-        assert service["build"] == {"context": ".", "dockerfile": f"containers/{name}/Dockerfile", "target": name}
+        assert service["build"] == {"context": ".", "dockerfile": "containers/Dockerfile", "target": name}
         assert (REPO / service["build"]["dockerfile"]).is_file()
         assert service["platform"] == "linux/amd64"
     assert services["train"]["image"] == "${TRAIN_IMAGE:-detector-train:local}"
@@ -133,3 +133,24 @@ def test_local_hyperparameters_are_strings_the_trainer_accepts():
 def test_local_data_and_models_stay_out_of_git():
     ignore = (REPO / "local" / ".gitignore").read_text().splitlines()
     assert ignore[ignore.index("*") :] == ["*", "!.gitignore", "!hyperparameters.json"]
+
+
+def test_no_top_level_name_so_docker_compose_1_29_reads_the_file(compose):
+    # Debian 12's docker-compose (1.29, the only Compose packaged there) refuses a top-level `name`.
+    assert "name" not in compose
+
+
+@pytest.mark.parametrize("name", ["train", "serve", "synth"])
+def test_cpu_services_mirror_the_gpu_ones_without_gpus_on_the_cpu_images(compose, name):
+    services = compose["services"]
+    gpu, cpu = services[name], services[f"{name}-cpu"]
+    assert cpu["profiles"] == ["cpu"], "CPU services start only when the cpu profile or their name is given"
+    assert "deploy" not in cpu and "build" not in cpu, "no GPU reservation; the CPU images come from build_push.sh"
+    image = "TRAIN_IMAGE_CPU:-detector-train:cpu" if name in ("train", "synth") else "SERVE_IMAGE_CPU:-detector-serve:cpu"
+    assert cpu["image"] == "${" + image + "}"
+    assert mounts(cpu) == mounts(gpu)
+    assert cpu["command"] == gpu["command"]
+    for key in ("user", "ports", "healthcheck", "stop_grace_period"):
+        assert cpu.get(key) == gpu.get(key), key
+    # memlock -1 fails where root lacks CAP_SYS_RESOURCE, and only GPU/RDMA transfers need it.
+    assert "ulimits" not in cpu
