@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv demo test test-fast bench-train bench-serve bench-eval bench-transfer lint clean
+# `make images-test` builds both images (CPU flavour) in a container engine and runs them for real.
+.PHONY: venv demo test test-fast images-test bench-train bench-serve bench-eval bench-transfer lint clean
 
 venv: $(VENV)/.ready
 
@@ -25,6 +26,9 @@ test: venv
 
 test-fast: venv
 	$(PY) -m pytest -m "not slow"
+
+images-test: venv
+	PYTHON=$(PY) scripts/images_test.sh
 
 bench-train: venv
 	$(PY) benchmarks/train_throughput.py

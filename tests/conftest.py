@@ -12,6 +12,22 @@ import pytest
 from helpers import detector_command, detector_env, tiny_hyperparameters, tiny_mask_hyperparameters, write_training_job
 
 
+IMAGES_DIR = Path(__file__).parent / "images"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--images", action="store_true",
+                     help="also run tests/images: the built images in a real container engine (make images-test)")
+
+
+def pytest_ignore_collect(collection_path, config):
+    """tests/images needs an engine and the built images: collected with --images, or when named."""
+    if Path(collection_path) != IMAGES_DIR or config.getoption("--images"):
+        return None
+    named = [Path(arg.split("::")[0]).resolve() for arg in config.args]
+    return True if not any(IMAGES_DIR == path or IMAGES_DIR in path.parents for path in named) else None
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """Base dir of a finished tiny training job: ``model/`` plus its ``input/data`` channels."""
