@@ -151,12 +151,17 @@ def _model_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]
     ``filter="data"`` exists only from 3.11.4 (Debian 12's python3 is 3.11.2)."""
     members = tar.getmembers()
     for member in members:
-        if ".." in Path(member.name).parts or not (member.isfile() or member.isdir()):
-            raise ModelDirectoryError(
-                f"{archive}: cannot extract the model archive (member {member.name!r}: only files and "
-                "folders under the archive's root are allowed, no links, devices or '..' paths)"
-            )
-        member.name = member.name.lstrip("/")
+        if ".." in Path(member.name).parts:
+            problem = "would be extracted outside the destination"
+        elif not (member.isfile() or member.isdir()):
+            problem = "is a link or a special file"
+        else:
+            member.name = member.name.lstrip("/")
+            continue
+        raise ModelDirectoryError(
+            f"{archive}: cannot extract the model archive (member {member.name!r} {problem}; a model archive "
+            "holds only files and folders under its root)"
+        )
     return members
 
 

@@ -54,6 +54,7 @@ def test_the_next_run_resumes_from_the_checkpoint_and_finishes(interrupted_train
     assert int(resumed.group(3)) == ITERATIONS
     # The iterations before the stop are not trained again.
     first_iterations = [int(i) for i in re.findall(r"\biter: (\d+)", job.second_log)]
+    assert first_iterations, "the second run trained nothing:\n" + job.second_log[-3000:]
     assert min(first_iterations) >= int(resumed.group(2)), first_iterations[:5]
 
 
