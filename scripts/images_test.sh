@@ -24,6 +24,8 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 readonly TAG="cpu"
 readonly LOCAL_BASE="localhost/detector-base:bookworm"
+# The sdist has no compiled ops (its detectron2._C stands in, naming the op asked for).
+readonly SDIST_CHECK="import torch, detectron2, detectron2.layers; print('detectron2', detectron2.__version__, 'torch', torch.__version__)"
 started_engine=0
 index_pid=""
 report=()
@@ -95,7 +97,8 @@ if [[ "${DETECTOR_IMAGES_SKIP_BUILD:-0}" != 1 ]]; then
   scripts/build_push.sh --local --flavour cpu --tag "${TAG}" --network host \
     --build-arg "BUILD_IMAGE=${base}" --build-arg "RUNTIME_IMAGE=${base}" \
     --build-arg TORCH_VERSION=2.14.1 --build-arg TORCHVISION_VERSION=0.29.1 \
-    --build-arg TORCH_INDEX_URL=https://pypi.org/simple --build-arg DETECTRON2_SOURCE=sdist >/dev/null
+    --build-arg TORCH_INDEX_URL=https://pypi.org/simple --build-arg DETECTRON2_SOURCE=sdist \
+    --build-arg "DETECTRON2_CHECK=${SDIST_CHECK}" >/dev/null
   if [[ -n "${index_pid}" ]]; then kill "${index_pid}" 2>/dev/null || true; wait "${index_pid}" 2>/dev/null || true; index_pid=""; fi
   finish build "torch 2.14.1 from the package index, detectron2 from the pb1-detectron2 sdist, on ${base}"
 fi

@@ -155,7 +155,8 @@ def test_detectron2_is_compiled_at_the_pinned_commit_for_every_sagemaker_gpu_fam
     assert re.fullmatch(r"[0-9a-f]{40}", values["DETECTRON2_COMMIT"])
     assert set(values["TORCH_CUDA_ARCH_LIST"].split(";")) >= SAGEMAKER_ARCHS
     source = dockerfile.stage("detectron2-source").run_commands()
-    assert 'git fetch -q --depth 1 https://github.com/facebookresearch/detectron2.git "${DETECTRON2_COMMIT}"' in source
+    assert values["DETECTRON2_REPO"] == "https://github.com/facebookresearch/detectron2.git"
+    assert 'git fetch -q --depth 1 ${DETECTRON2_REPO} "${DETECTRON2_COMMIT}"' in source
     assert 'test "$(git rev-parse HEAD)" = "${DETECTRON2_COMMIT}"' in source
     build = dockerfile.stage("detectron2-git").run_commands()
     assert 'FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST}"' in build
