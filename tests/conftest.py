@@ -60,17 +60,13 @@ def tiny_mask_model(tmp_path_factory) -> tuple[Path, str]:
 @pytest.fixture(scope="session")
 def tiny_mask_evaluation(tiny_mask_model) -> tuple[Path, str]:
     """`detector evaluate` of the tiny mask model's archive on its testing channel: the output folder and the log."""
-    import tarfile
-
     from detector.environment import prepare_processing_job
+    from detector.model_dir import write_model_archive
 
     base, _ = tiny_mask_model
     job = base.parent / "evaluation_job"
-    archive = job / "model.tar.gz"
     job.mkdir()
-    with tarfile.open(archive, "w:gz") as tar:
-        for path in sorted((base / "model").iterdir()):
-            tar.add(path, arcname=path.name)
+    archive = write_model_archive(base / "model", job / "model.tar.gz")
     layout = prepare_processing_job(job, archive, base / "input" / "data" / "testing")
     result = subprocess.run(detector_command("evaluate"), env=detector_env(job), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -20,6 +20,7 @@ from detector.model_dir import (
     extract_model_archive,
     read_model_dir,
     save_model,
+    write_model_archive,
 )
 
 CATEGORIES = [Category(12, "triangle"), Category(3, "circle"), Category(7, "square")]
@@ -204,9 +205,11 @@ def tar_filters(request, monkeypatch):
     return request.param
 
 
-def test_extract_model_archive(tmp_path, tar_filters):
+def test_a_model_archive_written_then_extracted_is_the_same_model_directory(tmp_path, tar_filters):
     source = write_model_dir(tmp_path / "model")
-    archive = make_archive(tmp_path / "model.tar.gz", {p.name: p.read_bytes() for p in sorted(source.iterdir())})
+    archive = write_model_archive(source, tmp_path / "out" / "model.tar.gz")
+    with tarfile.open(archive) as tar:
+        assert tar.getnames() == sorted(p.name for p in source.iterdir())  # at the root, as SageMaker packs /opt/ml/model
     into = tmp_path / "extracted"
     assert extract_model_archive(archive, into) == into
     assert read_model_dir(into).labels == LabelMap.from_categories(CATEGORIES)

@@ -145,6 +145,16 @@ def _read_text(path: Path) -> str:
         ) from e
 
 
+def write_model_archive(model_dir: Path, archive: Path, compresslevel: int = 1) -> Path:
+    """``model.tar.gz`` of a model directory as SageMaker makes it from ``/opt/ml/model``: its files at the
+    archive's root, in name order. Level 1: the weights are floats that gzip barely shrinks."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz", compresslevel=compresslevel) as tar:
+        for path in sorted(model_dir.iterdir()):
+            tar.add(path, arcname=path.name)
+    return archive
+
+
 def _model_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
     """A model archive holds files and folders under its root and nothing else (no links, devices or
     ``..`` paths; absolute names land inside the target), checked here on every Python because

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import tarfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -222,11 +221,9 @@ def interrupted_training(tmp_path_factory, demo_data) -> InterruptedTraining:
 def model_archive(interrupted_training, tmp_path_factory) -> Path:
     """The trained model as SageMaker uploads it: model.tar.gz of /opt/ml/model."""
     assert interrupted_training.second_exit == 0, interrupted_training.second_log[-5000:]
-    archive = tmp_path_factory.mktemp("model-archive") / "model.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for path in sorted(interrupted_training.model_dir.iterdir()):
-            tar.add(path, arcname=path.name)
-    return archive
+    from detector.model_dir import write_model_archive
+
+    return write_model_archive(interrupted_training.model_dir, tmp_path_factory.mktemp("model-archive") / "model.tar.gz")
 
 
 def copy_model(model_dir: Path, into: Path) -> Path:

@@ -6,7 +6,6 @@ import json
 import re
 import signal
 import subprocess
-import tarfile
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from detector.data.synthetic import generate_channels
 from detector.local.backends import ProcessBackend
 from detector.local.registry import LocalModelRegistry
 from detector.local.runner import LocalRun, PipelineFailed, local_parameters
+from detector.model_dir import write_model_archive
 from detector.pipeline_spec import EVALUATION_FILE
 
 SMALL = ["--param", "MaxIter=12", "--no-progress"]
@@ -179,10 +179,7 @@ def test_champion_gate_stops_a_worse_model_and_passes_an_equal_or_better_one(tmp
     1-iteration challenger finds nothing (AP 0) and is stopped; against a champion as weak as itself it passes."""
     champion_ap = json.loads((tiny_model / "model" / "metrics.json").read_text())["testing"]["ap"]
     assert champion_ap > 0, "the fixture model must beat an untrained one for this test to mean anything"
-    champion_archive = tmp_path / "champion.tar.gz"
-    with tarfile.open(champion_archive, "w:gz") as tar:
-        for path in sorted((tiny_model / "model").iterdir()):
-            tar.add(path, arcname=path.name)
+    champion_archive = write_model_archive(tiny_model / "model", tmp_path / "champion.tar.gz")
     evaluation = tmp_path / "champion-evaluation.json"
     evaluation.write_text(json.dumps({"metrics": {"testing_ap": {"value": champion_ap}}}))
     registry = LocalModelRegistry(tmp_path / "registry")

@@ -7,7 +7,6 @@ import pickle
 import shutil
 import signal
 import socket
-import tarfile
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from helpers import TrainingProcess, run_training, tiny_hyperparameters, write_t
 from test_weights import FlakyServer
 
 from detector.environment import TrainingLayout, write_hyperparameters
+from detector.model_dir import write_model_archive
 
 pytestmark = pytest.mark.slow
 
@@ -79,9 +79,7 @@ def test_the_pretrained_channel_takes_each_form(tiny_model, tmp_path, form):
     elif form == "pth":
         torch.save({"model": state}, channel / "checkpoint.pth")
     elif form == "tar.gz":
-        with tarfile.open(channel / "model.tar.gz", "w:gz") as tar:
-            for path in model_dir.iterdir():
-                tar.add(path, arcname=path.name)
+        write_model_archive(model_dir, channel / "model.tar.gz")
     else:
         shutil.rmtree(channel)
         shutil.copytree(model_dir, channel)

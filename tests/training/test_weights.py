@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from detector.model_dir import Category, LabelMap, save_model
+from detector.model_dir import Category, LabelMap, save_model, write_model_archive
 from detector.training import weights as W
 from detector.training.config import adjust_for_scratch, load_model_config
 
@@ -250,13 +250,8 @@ def test_an_unreachable_url_fails_fast_naming_the_url_and_the_ways_out(tmp_path)
 
 
 def test_a_model_archive_is_extracted_to_its_model_directory(tmp_path):
-    import tarfile
-
     save_model(tmp_path / "model", build(seed=1).state_dict(), "", LABELS, {})
-    archive = tmp_path / "model.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for p in (tmp_path / "model").iterdir():
-            tar.add(p, arcname=p.name)
+    archive = write_model_archive(tmp_path / "model", tmp_path / "model.tar.gz")
     local = W.local_weights(str(archive), tmp_path / "cache")
     assert (local / "model_final.pth").is_file() and json.loads((local / "labels.json").read_text())
 
