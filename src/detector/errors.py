@@ -27,3 +27,13 @@ class CheckpointError(DetectorError):
 
 class ModelDirectoryError(DetectorError):
     """A model directory is missing files or holds unreadable ones."""
+
+
+class PathError(DetectorError):
+    """A path names the wrong kind of thing (a file where a folder is expected, or the reverse), nothing,
+    or something this user cannot read or write. The message names the option (or what the path is for),
+    the path, what is wrong with it and what was expected there."""
+
+    def __init__(self, option: str, path: object, problem: str, expected: str):
+        self.option, self.path, self.problem, self.expected = option, path, problem, expected
+        super().__init__(f"{option} {path}: {problem}; expected {expected}")

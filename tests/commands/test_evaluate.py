@@ -103,14 +103,14 @@ def failure_reason(base: Path) -> str:
 def test_missing_model_input_is_reported(processing):
     assert main(["evaluate"]) == 1
     reason = failure_reason(processing)
-    assert f"model input {processing / 'processing' / 'model'} does not exist" in reason
+    assert f"--model (default) {processing / 'processing' / 'model'}: no such file or folder; expected model.tar.gz" in reason
     assert not (processing / "processing" / "evaluation" / EVALUATION_FILE).exists()
 
 
 def test_missing_test_channel_is_reported(processing):
     shutil.rmtree(processing / "processing" / "test")
     assert main(["evaluate"]) == 1
-    assert f"channel 'test': directory {processing / 'processing' / 'test'} does not exist" in failure_reason(processing)
+    assert f"--test (default) {processing / 'processing' / 'test'}: no such folder; expected a COCO channel" in failure_reason(processing)
 
 
 def test_model_directory_without_weights_is_reported(processing):
@@ -142,6 +142,7 @@ def test_archive_escaping_its_directory_is_refused(processing):
 
 def test_broken_annotations_are_reported(processing):
     (processing / "processing" / "test" / "annotations.json").write_text("{not json")
+    (processing / "processing" / "model").mkdir()  # the paths are checked first: give the model's
     assert main(["evaluate"]) == 1
     assert "annotations.json: not valid JSON" in failure_reason(processing)
 
@@ -186,7 +187,8 @@ def test_champion_arn_without_a_champion_model_is_refused(processing, tmp_path):
     arn = "arn:aws:sagemaker:us-east-1:111122223333:model-package/detector/1"
     assert main(["evaluate", "--champion-arn", arn]) == 1  # the champion's processing input is missing
     assert failure_reason(processing).strip() == (
-        f"champion model {processing / 'processing' / 'champion'} does not exist (--champion-arn {arn}); "
-        "expected a model.tar.gz or a model directory")
+        f"--champion (default) {processing / 'processing' / 'champion'}: no such file or folder; "
+        "expected the champion: model.tar.gz, a folder holding one, or a model directory (model_final.pth, config.yaml, labels.json)")
+    (processing / "processing" / "model").mkdir()  # the paths are checked first: give the model's
     assert main(["evaluate", "--max-regression", "2"]) == 1
     assert "--max-regression 2.0: expected 0 to 1" in failure_reason(processing)

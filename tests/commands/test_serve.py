@@ -21,7 +21,7 @@ def serve_until_exit(base_dir, tmp_path, **env):
 def test_missing_model_directory_ends_serve_with_the_reason(tmp_path):
     code, stderr = serve_until_exit(tmp_path, tmp_path)
     assert code == 1
-    assert f"ERROR: model directory {tmp_path / 'model'} does not exist" in stderr
+    assert f"ERROR: model directory {tmp_path / 'model'}: no such folder; expected a folder holding model_final.pth" in stderr
     assert "Traceback" not in stderr
 
 

@@ -76,6 +76,28 @@ def test_a_coco_channel_writes_coco_results_and_a_json_lines_file_is_answered_by
     assert answer["file"] == "line 1" and answer["detections"] == lines[0]["detections"]
 
 
+def test_a_folder_as_output_gets_predictions_jsonl_and_a_rerun_resumes_there(tiny_model_dir, tmp_path):
+    """As Batch Transform names its output (a prefix): a folder, new (a final /) or existing, holds predictions.jsonl."""
+    channel = tiny_model_dir.parent / "input" / "data" / "testing"
+    model = ["--model-dir", str(tiny_model_dir)]
+    code, stderr = transform(tmp_path, tmp_path, str(channel), *model, "--output", "out/", "--coco-results")
+    assert code == 0, stderr
+    output = tmp_path / "out" / "predictions.jsonl"
+    lines = read_lines(output)
+    assert len(lines) == 8 and all("image_id" in line for line in lines)
+    assert "8 images scored" in stderr and "0 already in out/predictions.jsonl" in stderr
+    assert (tmp_path / "out" / "predictions.coco.json").is_file() and "in out/predictions.coco.json" in stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predictions.coco.json", "predictions.jsonl"]
+
+    # Killed after three images and half of the fourth: the rerun into the existing folder scores the rest.
+    text = output.read_text().splitlines(keepends=True)
+    output.write_text("".join(text[:3]) + text[3][:20])
+    code, stderr = transform(tmp_path, tmp_path, str(channel), *model, "--output", "out")
+    assert code == 0, stderr
+    assert "5 images scored" in stderr and "3 already in out/predictions.jsonl, 0 failed" in stderr
+    assert read_lines(output) == lines
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

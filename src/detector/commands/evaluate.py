@@ -6,6 +6,10 @@ from pathlib import Path
 
 HELP = "compute COCO box metrics of a trained model on a COCO test channel; write evaluation.json and a PNG"
 
+MODEL = "model.tar.gz, a folder holding one, or a model directory (model_final.pth, config.yaml, labels.json)"
+TEST = "a COCO channel: a folder with one annotation json at its root (or --annotations) and the images it names"
+OUTPUT = "a folder for evaluation.json and evaluation.png (created when missing)"
+
 
 def add_arguments(parser) -> None:
     parser.epilog = (
@@ -39,18 +43,25 @@ def run(args) -> int:
 
     from ..environment import ProcessingEnvironment
     from ..evaluation.evaluator import evaluate_model
+    from . import paths
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     env = ProcessingEnvironment.from_env()
+    # The champion's input of the processing job, when a champion is named without a path.
+    champion = args.champion or (env.processing_dir / "champion" if args.champion_arn != "none" else None)
+    if champion is not None and args.champion_arn not in ("", "none"):  # else no champion: the path is not read
+        champion = paths.input_path(champion, paths.option_name("--champion", args.champion), f"the champion: {MODEL}")
+    test = paths.input_folder(args.test or env.test_input, paths.option_name("--test", args.test), TEST)
+    model = paths.input_path(args.model or env.model_input, paths.option_name("--model", args.model), MODEL)
+    output = paths.output_folder(args.output or env.evaluation_output, paths.option_name("--output", args.output), OUTPUT)
     evaluate_model(
-        model=args.model or env.model_input,
-        test_channel=args.test or env.test_input,
-        output_dir=args.output or env.evaluation_output,
+        model=model,
+        test_channel=test,
+        output_dir=output,
         annotation_file=args.annotations,
         device=args.device,
         precision=args.precision or env.precision,
-        # The champion's input of the processing job, when a champion is named without a path.
-        champion=args.champion or (env.processing_dir / "champion" if args.champion_arn != "none" else None),
+        champion=champion,
         champion_arn=args.champion_arn,
         max_regression=args.max_regression,
     )

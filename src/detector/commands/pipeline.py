@@ -40,13 +40,17 @@ def run(args) -> int:
     from ..local.executions import plan_execution
     from ..local.runner import LOCAL_HYPERPARAMETERS, LocalRun, local_parameters, stop_server
     from ..training.hyperparameters import Hyperparameters
+    from . import paths
 
     # Each line as it happens, also into a pipe or a file (CI logs, `| tee`).
     sys.stdout.reconfigure(line_buffering=True)
     try:
+        if args.data is not None:
+            paths.input_folder(args.data, "--data", "a folder with the COCO channels training/ and testing/")
         overrides = spec.parse_overrides(args.param)
         hyperparameters = {**LOCAL_HYPERPARAMETERS, **hyperparameter_pairs(args.hyperparameter)}
         Hyperparameters.from_strings(hyperparameters)  # a typo is named now, not after the data is made
+        paths.output_folder(args.root, "--root", "a folder for the executions, data and registry (created when missing)")
         execution_id, parameters = plan_execution(args.root, local_parameters(args.root, overrides), overrides, resume=args.resume)
         if args.backend == "docker":
             backend = DockerBackend(args.train_image, args.serve_image, gpus=args.gpus)

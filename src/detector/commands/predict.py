@@ -17,7 +17,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--custom-attributes", default=None, metavar="ATTRS",
                         help="options as in the X-Amzn-SageMaker-Custom-Attributes header, e.g. score_threshold=0.3,max_detections=20")
     parser.add_argument("--accept", default=None, help="response type: application/json (default) or application/x-coco")
-    parser.add_argument("--output", type=Path, default=None, help="write the responses here instead of printing them")
+    parser.add_argument("--output", type=Path, default=None, metavar="FILE",
+                        help="write the responses to this file (its folder is created) instead of printing them")
     parser.add_argument("--visualize", type=Path, default=None, metavar="DIR",
                         help="also write DIR/<file>.png per image (DIR/<file>_<i>.png for a batch): boxes, labels and masks drawn on it")
     parser.epilog = "Prints one line of JSON per file, in order: the body /invocations answers for that file."
@@ -37,7 +38,8 @@ def predict_files(handler, model, files: list[Path], custom_attributes: str | No
         try:
             body = path.read_bytes()
         except OSError as e:
-            yield path, None, f"cannot read the file ({e.strerror})"
+            expected = "; expected an image, a .npy array or a .json request body" if path.is_dir() else ""
+            yield path, None, f"cannot read the file ({e.strerror}){expected}"
             continue
         try:
             request = handler.decode(body, content_type_of(path), custom_attributes)
@@ -60,6 +62,7 @@ def write_overlays(folder: Path, path: Path, images, detections, batch: bool) ->
 
 
 def run(args) -> int:
+    import os
     import sys
     from dataclasses import replace
 
@@ -68,6 +71,7 @@ def run(args) -> int:
     from ..serving.inference_handler import InferenceHandler
     from ..serving.options import parse_custom_attributes
     from ..serving.request_errors import RequestError
+    from . import paths
 
     settings = ServingEnvironment.from_env()
     handler = InferenceHandler(settings)
@@ -78,7 +82,14 @@ def run(args) -> int:
         parse_custom_attributes(args.custom_attributes, handler.defaults)
     except RequestError as e:
         raise DetectorError(e.message) from None
-    model = handler.model_fn(args.model_dir or settings.model_dir)
+    model_dir = paths.input_folder(args.model_dir or settings.model_dir, paths.option_name("--model-dir", args.model_dir), paths.MODEL_DIR)
+    if args.output is not None:
+        paths.output_file(args.output, "--output", "a file for the responses, one line per FILE")
+    elif sys.stdout is None:
+        raise DetectorError("standard output is closed; expected it open for the responses, or --output FILE")
+    if args.visualize is not None:
+        paths.output_folder(args.visualize, "--visualize", "a folder for the overlay PNGs (created when missing)")
+    model = handler.model_fn(model_dir)
     out = open(args.output, "wb") if args.output else sys.stdout.buffer
     failed = 0
     try:
@@ -89,6 +100,11 @@ def run(args) -> int:
             else:
                 out.write(response + b"\n")
                 out.flush()
+    except BrokenPipeError:
+        # The reader went away (`detector predict ... | head -1`): stop quietly, as other command-line tools do.
+        if not args.output:  # nothing more reaches the pipe, not even the interpreter's flush at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the status a shell reports for a tool ended by a closed pipe
     finally:
         if args.output:
             out.close()

@@ -48,12 +48,15 @@ def run(args) -> int:
         from ..serving.inference_handler import InferenceHandler
 
         from ..precision import resolve
+        from . import paths
 
         # The workers' precision must run on their device (fp16 needs a GPU): say so before anything starts.
         resolve(settings.precision, "cuda" if settings.num_gpus > 0 else "cpu", "DETECTOR_PRECISION")
         # A model that cannot load or run never gets a server. Checked on the CPU so that this
         # process holds no GPU memory; the workers load it on their GPUs (fp16 is checked as fp32 here).
         check_precision = "fp32" if settings.precision == "fp16" else settings.precision
+        paths.input_folder(settings.model_dir, "model directory", "a folder holding model_final.pth, config.yaml and labels.json: "
+                           "SageMaker extracts model.tar.gz there; locally, set SAGEMAKER_BASE_DIR to the folder that holds model/")
         InferenceHandler(settings).load_model(settings.model_dir, "cpu", check_precision)
         interruptible.clear()
         if stop.is_set():

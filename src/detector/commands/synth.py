@@ -20,7 +20,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..data.synthetic import generate, generate_channels
+    from . import paths
 
+    paths.output_folder(args.output, "OUTPUT", "a folder to write the data into (created when missing)")
     if args.test_images is None:
         path = generate(args.output, args.images, args.size, args.seed, masks=args.masks)
         print(path)

@@ -8,11 +8,12 @@ Inputs (``transform_items``):
 - a JSON Lines file (``.jsonl``): one ``{"image": "<base64>"}`` per line, as a Batch Transform job
   with ``SplitType: Line`` sends them.
 
-The output is JSON Lines: one line per image, ``{"file": <key>, ...}`` (plus ``"image_id"`` for a
-COCO channel) followed by exactly what ``POST /invocations`` answers for that image. A rerun on the
-same output file skips every image already answered there and appends the others, so an
-interrupted run loses at most the batch it was working on. Images that cannot be scored are
-reported with their reason and are retried by the next run.
+The output is JSON Lines (``predictions.jsonl`` when ``detector transform --output`` names a folder,
+the way a Batch Transform job names its S3 output: a prefix): one line per image, ``{"file": <key>, ...}``
+(plus ``"image_id"`` for a COCO channel) followed by exactly what ``POST /invocations`` answers for that
+image. A rerun on the same output file skips every image already answered there and appends the
+others, so an interrupted run loses at most the batch it was working on. Images that cannot be scored
+are reported with their reason and are retried by the next run.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..errors import DetectorError, InputDataError
+from ..errors import DetectorError, InputDataError, PathError
 from ..predictor import Detection
 from .decoding import DecodedImages, JsonLine, decode_json_line
 from .encoding import JSONLINES_TYPE, coco_results
@@ -33,6 +34,7 @@ from .inference_handler import InferenceHandler, InferenceRequest
 from .options import parse_custom_attributes
 from .request_errors import RequestError
 
+OUTPUT_NAME = "predictions.jsonl"  # the output file in an --output folder
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 JSONLINES_SUFFIXES = (".jsonl", ".jsonlines")
 
@@ -88,14 +90,36 @@ def _json_lines(path: Path) -> list[JsonLine]:
         raise InputDataError(f"{path}: cannot read the file ({e.strerror})") from None
 
 
+def coco_results_name(output: Path) -> str:
+    """The default name of the COCO results of ``output``: ``predictions.coco.json`` next to ``predictions.jsonl``."""
+    return output.with_suffix(".coco.json").name
+
+
+def check_output(source: Path, output: Path, coco_results: Path | None = None) -> None:
+    """Refuse an output that is the input file (the answers would be appended to the records they answer),
+    and COCO results at the root of the COCO channel they score (a second json there makes the channel's
+    annotation file ambiguous, to this command's rerun as well as to training and evaluation)."""
+    if source.is_file() and output.exists() and source.samefile(output):
+        raise PathError("--output", output, "is INPUT, the file of records to score", f"another file, or a folder for {OUTPUT_NAME}")
+    if coco_results is not None and source.is_dir() and coco_results.parent.resolve() == source.resolve():
+        raise PathError("--coco-results", coco_results, "is at the root of the COCO channel INPUT, where a second json makes "
+                        "its annotation file ambiguous", "a file or a folder outside the channel (give --coco-results PATH)")
+
+
 def answered_keys(output: Path) -> set[str]:
     """Keys already answered in ``output``. A last line cut short (a killed run) is dropped from the file."""
     if not output.exists():
         return set()
-    data = output.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
-        output.write_bytes(data)
+    try:
+        data = output.read_bytes()
+        if data and not data.endswith(b"\n"):
+            data = data[: data.rfind(b"\n") + 1]
+            output.write_bytes(data)
+    except OSError as e:
+        raise DetectorError(
+            f"{output}: cannot read the answers of an earlier run ({e.strerror}); expected a JSON Lines file this user can "
+            "read and write, or another --output"
+        ) from None
     keys = set()
     for number, line in enumerate(data.splitlines(), start=1):
         try:
