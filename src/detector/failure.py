@@ -55,7 +55,12 @@ def run_command(action: Callable[[], int], failure_file: Path | None = None) -> 
     A stale failure file from an earlier run of the same job is removed first, so the file only ever
     describes this run."""
     if failure_file is not None:
-        failure_file.unlink(missing_ok=True)
+        try:
+            failure_file.unlink(missing_ok=True)
+        except OSError as e:  # its folder is a file, or not ours: the job could not report there either
+            return report_failure(None, DetectorError(
+                f"{failure_file}: cannot clear the failure file ({e.strerror}); is the job's base folder "
+                "(SAGEMAKER_BASE_DIR, /opt/ml in a container) a folder this user can write?"))
     try:
         return action()
     except Exception as error:
