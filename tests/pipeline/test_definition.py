@@ -331,3 +331,119 @@ def test_transform_parameters_parse_and_an_empty_input_is_allowed():
         "TransformInput": "", "TransformInstanceType": "ml.c5.xlarge"}
     with pytest.raises(spec.PipelineParameterError, match="TransformInstanceType: expected a non-empty string"):
         spec.parse_overrides(["TransformInstanceType="])
+
+
+# --- the local-mode variant (SageMaker's local mode cannot run Lambda or register steps) ------------------
+
+LOCAL_TRAIN_IMAGE, LOCAL_SERVE_IMAGE = "detector-train:cpu", "detector-serve:cpu"  # names in a local engine's store
+LOCAL_ONLY_STEPS = (spec.STEP_TRAIN, spec.STEP_EVALUATE, spec.STEP_CHECK, spec.STEP_FAIL, spec.STEP_CHECK_TRANSFORM,
+                    spec.STEP_TRANSFORM_MODEL, spec.STEP_TRANSFORM)
+
+
+def build_local_definition(folder: Path, **overrides) -> dict:
+    """The local variant's definition, built in-process with every socket blocked; any attempt fails the test."""
+    attempts: list = []
+    originals = network_guard.install(attempts)
+    try:
+        from pipeline.definition import LocalPipelineSettings, local_pipeline_definition
+
+        text = local_pipeline_definition(LocalPipelineSettings(LOCAL_TRAIN_IMAGE, LOCAL_SERVE_IMAGE, folder, **overrides))
+    finally:
+        network_guard.uninstall(originals)
+    assert attempts == []
+    return json.loads(text)
+
+
+@pytest.fixture(scope="module")
+def local_folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("local-pipeline")
+
+
+@pytest.fixture(scope="module")
+def local_definition(local_folder) -> dict:
+    return build_local_definition(local_folder, pretrained_channel=True,
+                                  hyperparameters={"model": "detector/faster_rcnn_R_18_FPN_128px.yaml"})
+
+
+def test_local_variant_has_no_lambda_and_no_registration_steps(local_definition):
+    assert [(s["Name"], s["Type"]) for s in local_definition["Steps"]] == [
+        (spec.STEP_TRAIN, "Training"), (spec.STEP_EVALUATE, "Processing"), (spec.STEP_CHECK, "Condition"),
+    ]
+    check = local_definition["Steps"][2]["Arguments"]
+    assert [(s["Name"], s["Type"]) for s in check["IfSteps"]] == [(spec.STEP_CHECK_TRANSFORM, "Condition")]
+    assert [(s["Name"], s["Type"]) for s in check["ElseSteps"]] == [(spec.STEP_FAIL, "Fail")]
+    transform = check["IfSteps"][0]
+    assert "DependsOn" not in transform  # no Register to wait for
+    assert [(s["Name"], s["Type"]) for s in transform["Arguments"]["IfSteps"]] == [
+        (spec.STEP_TRANSFORM_MODEL, "Model"), (spec.STEP_TRANSFORM, "Transform"),
+    ]
+    steps = steps_by_name(local_definition)
+    assert set(steps) == set(LOCAL_ONLY_STEPS)
+    assert {s["Type"] for s in steps.values()} == {"Training", "Processing", "Condition", "Fail", "Model", "Transform"}
+    assert "Lambda" not in json.dumps(local_definition) and "ModelPackage" not in json.dumps(local_definition)
+
+
+def test_local_variant_parameters_run_everything_locally(local_definition, local_folder):
+    root = f"file://{local_folder.resolve()}"
+    parameters = {p["Name"]: p["DefaultValue"] for p in local_definition["Parameters"]}
+    assert {name: parameters[name] for name in ("TrainingInstanceType", "EvaluationInstanceType", "TransformInstanceType")} == {
+        "TrainingInstanceType": "local", "EvaluationInstanceType": "local", "TransformInstanceType": "local"}
+    assert parameters["TrainingData"] == f"{root}/data/training/" and parameters["TestingData"] == f"{root}/data/testing/"
+    assert parameters["PretrainedModel"] == f"{root}/pretrained/"
+    assert parameters["TransformInput"] == ""
+    # Nothing the local steps do not use (the champion, the registration and the deployment parameters).
+    assert not {"MaxRegression", "ModelApprovalStatus", "EndpointName", "EndpointInstanceType", "EndpointMode"} & set(parameters)
+    assert "s3://" not in json.dumps(local_definition)  # every location is a file:// one under the folder
+    args = steps_by_name(local_definition)[spec.STEP_TRAIN]["Arguments"]
+    assert args["OutputDataConfig"]["S3OutputPath"] == f"{root}/models"
+    assert args["AlgorithmSpecification"]["TrainingImage"] == LOCAL_TRAIN_IMAGE
+    assert "ContainerEntrypoint" not in args["AlgorithmSpecification"]  # the image's own: `detector train`
+
+
+def test_local_variant_trains_from_the_pretrained_channel_or_from_pretrained_weights(local_definition, tmp_path):
+    args = steps_by_name(local_definition)[spec.STEP_TRAIN]["Arguments"]
+    assert [(c["ChannelName"], c["DataSource"]["S3DataSource"]["S3Uri"]) for c in args["InputDataConfig"]] == [
+        ("training", {"Get": "Parameters.TrainingData"}), ("testing", {"Get": "Parameters.TestingData"}),
+        ("pretrained", {"Get": "Parameters.PretrainedModel"}),
+    ]
+    # Without `weights`, training starts from the `pretrained` channel (detector.training.weights).
+    assert "weights" not in args["HyperParameters"]
+    assert "PretrainedWeights" not in {p["Name"] for p in local_definition["Parameters"]}
+    assert args["HyperParameters"]["model"] == "detector/faster_rcnn_R_18_FPN_128px.yaml"
+
+    plain = build_local_definition(tmp_path)
+    args = steps_by_name(plain)[spec.STEP_TRAIN]["Arguments"]
+    assert [c["ChannelName"] for c in args["InputDataConfig"]] == ["training", "testing"]
+    assert args["HyperParameters"]["weights"] == {"Get": "Parameters.PretrainedWeights"}
+    assert "PretrainedModel" not in {p["Name"] for p in plain["Parameters"]}
+
+
+def test_local_variant_evaluates_without_a_champion_and_shares_the_gate(local_definition, definition):
+    local, full = steps_by_name(local_definition), steps_by_name(definition)
+    evaluate = local[spec.STEP_EVALUATE]
+    app = evaluate["Arguments"]["AppSpecification"]
+    assert app["ContainerEntrypoint"] == ["detector", "evaluate"]
+    # No --champion (detector evaluate then writes champion.arn "none" and a bar of 0); the archive is named
+    # because local mode mounts the folder of model.tar.gz, where output.tar.gz lies too.
+    assert app["ContainerArguments"] == ["--model", "/opt/ml/processing/model/model.tar.gz"]
+    assert [i["InputName"] for i in evaluate["Arguments"]["ProcessingInputs"]] == ["model", "test"]
+    assert evaluate["PropertyFiles"] == full[spec.STEP_EVALUATE]["PropertyFiles"]
+    # The same builders as the SageMaker pipeline: the same gate, Fail message, metrics and Transform steps.
+    assert local[spec.STEP_CHECK]["Arguments"]["Conditions"] == full[spec.STEP_CHECK]["Arguments"]["Conditions"]
+    assert local[spec.STEP_FAIL] == full[spec.STEP_FAIL]
+    assert (local[spec.STEP_TRAIN]["Arguments"]["AlgorithmSpecification"]["MetricDefinitions"]
+            == full[spec.STEP_TRAIN]["Arguments"]["AlgorithmSpecification"]["MetricDefinitions"])
+    assert local[spec.STEP_CHECK_TRANSFORM]["Arguments"]["Conditions"] == full[spec.STEP_CHECK_TRANSFORM]["Arguments"]["Conditions"]
+    assert local[spec.STEP_TRANSFORM_MODEL]["Arguments"]["PrimaryContainer"] == {
+        **full[spec.STEP_TRANSFORM_MODEL]["Arguments"]["PrimaryContainer"], "Image": LOCAL_SERVE_IMAGE}
+    local_transform = {k: v for k, v in local[spec.STEP_TRANSFORM]["Arguments"].items() if k != "TransformOutput"}
+    assert local_transform == {k: v for k, v in full[spec.STEP_TRANSFORM]["Arguments"].items() if k != "TransformOutput"}
+
+
+def test_local_variant_settings_are_checked():
+    from pipeline.definition import LocalPipelineSettings
+
+    with pytest.raises(PipelineConfigError, match="train image '' is not valid"):
+        LocalPipelineSettings("", LOCAL_SERVE_IMAGE, Path("runs"))
+    with pytest.raises(PipelineConfigError, match="hyperparameters must map strings to strings"):
+        LocalPipelineSettings(LOCAL_TRAIN_IMAGE, LOCAL_SERVE_IMAGE, Path("runs"), hyperparameters={"max_iter": 3})
