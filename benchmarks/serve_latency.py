@@ -46,35 +46,40 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, child_environ  # noqa: E402 (benchmarks/ is sys.path[0] when a script runs)
+
 sys.path.insert(0, str(REPO / "src"))
 
 import numpy as np  # noqa: E402
 
 CATEGORIES = [(3, "circle"), (7, "square"), (12, "triangle")]
 
-# One process per measurement: python -c MODEL_TIME KIND MODEL_DIR IMAGES_DIR CALLS
+# One process per measurement: python -c MODEL_TIME KIND MODEL_DIR IMAGES_DIR CALLS DEVICE
 MODEL_TIME = r"""
 import json, statistics, sys, time
 from pathlib import Path
 import numpy as np
 from PIL import Image
-kind, model_dir, images_dir, calls = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+kind, model_dir, images_dir, calls, device = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(images_dir.iterdir()) if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
 if kind == "DefaultPredictor":
     import torch
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.engine import DefaultPredictor
     from detector.model_dir import config_from_yaml
-    cfg = config_from_yaml((model_dir / "config.yaml").read_text(), "cpu")
+    cfg = config_from_yaml((model_dir / "config.yaml").read_text(), device)
     cfg.defrost(); cfg.MODEL.WEIGHTS = ""; cfg.freeze()
     predictor = DefaultPredictor(cfg)
     predictor.model.load_state_dict(torch.load(model_dir / "model_final.pth", weights_only=True))
     run = lambda image: predictor(image[:, :, ::-1])["instances"]
 else:
     from detector.predictor import Predictor
-    predictor = Predictor.from_model_dir(model_dir, "cpu", kind)
+    predictor = Predictor.from_model_dir(model_dir, device, kind)
     run = lambda image: predictor.predict_instances([image])[0]
+if device == "cuda":  # a call ends when the GPU's work has (DefaultPredictor's outputs stay on the GPU)
+    import torch
+    call = run
+    run = lambda image: (call(image), torch.cuda.synchronize())[0]
 for image in images[:3]:
     run(image)
 times = []
@@ -86,13 +91,38 @@ print(json.dumps({"p50_ms": statistics.median(times) * 1000, "boxes": first.pred
 """
 
 
-def model_time(kind: str, model_dir: Path, images_dir: Path, calls: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    result = subprocess.run([sys.executable, "-c", MODEL_TIME, kind, str(model_dir), str(images_dir), str(calls)],
+def model_time(kind: str, model_dir: Path, images_dir: Path, calls: int, device: str = "cpu") -> dict:
+    env = child_environ()
+    result = subprocess.run([sys.executable, "-c", MODEL_TIME, kind, str(model_dir), str(images_dir), str(calls), device],
                             env=env, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"model time {kind} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def compare_model_time(model_dir: Path, images_dir: Path, rounds: int, calls: int, device: str) -> dict:
+    """DefaultPredictor fp32 against Predictor at fp32 and at auto, one process per measurement, in
+    alternating order over ``rounds``; prints a table and returns the p50s and the ratio."""
+    import statistics
+
+    runs: dict[str, list[dict]] = {"DefaultPredictor": [], "fp32": [], "auto": []}
+    for round_number in range(rounds):
+        kinds = list(runs) if round_number % 2 == 0 else list(reversed(runs))
+        for kind in kinds:
+            runs[kind].append(model_time(kind, model_dir, images_dir, calls, device))
+    reference = runs["DefaultPredictor"][0]
+    d2_p50 = statistics.median(r["p50_ms"] for r in runs["DefaultPredictor"])
+    summary: dict[str, float] = {}
+    print(f"\nmodel time on {device}, one image per call, p50 (median over {rounds} processes of {calls} calls):")
+    for kind, measured in runs.items():
+        p50 = statistics.median(r["p50_ms"] for r in measured)
+        worst, unmatched = largest_box_difference(reference, measured[0])
+        label = "detectron2 DefaultPredictor, fp32" if kind == "DefaultPredictor" else f"Predictor, DETECTOR_PRECISION={kind}"
+        print(f"  {label:40} {p50:7.1f} ms  {p50 / d2_p50:5.2f}x DefaultPredictor's time; "
+              f"boxes (score >= 0.5) differ by at most {worst:.2f} px, {unmatched} unmatched")
+        summary[f"model_p50_ms_{kind}"] = round(p50, 2)
+    summary["model_time_ratio_auto_vs_default_predictor"] = round(summary["model_p50_ms_auto"] / d2_p50, 3)
+    return summary
 
 
 def largest_box_difference(reference: dict, other: dict) -> tuple[float, int]:
@@ -211,8 +241,7 @@ class Client:
 
 def start_server(base_dir: Path, port: int, workers: int, log_path: Path) -> tuple[subprocess.Popen, float, int]:
     env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+        **child_environ(),
         "SAGEMAKER_BASE_DIR": str(base_dir),
         "SAGEMAKER_BIND_TO_PORT": str(port),
         "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers),
@@ -299,7 +328,32 @@ def main() -> int:
     parser.add_argument("--model-rounds", type=int, default=4, help="alternating rounds of the precision comparison")
     parser.add_argument("--mask-rounds", type=int, default=20, help="rounds of the mask section")
     parser.add_argument("--masks-only", action="store_true", help="only the mask section (no server)")
+    parser.add_argument("--model-only", action="store_true",
+                        help="only the model-time comparison against DefaultPredictor (no server, no masks)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="device of the model-time comparison (default: cuda when available)")
     args = parser.parse_args()
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.model_only:
+        work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+        try:
+            model_dir = work / "model"
+            if args.model_dir:
+                shutil.copytree(args.model_dir, model_dir)
+            else:
+                build_random_model(args.config, model_dir)
+            files = make_images(args.images, args.image_size, work / "images", args.format)
+            summary = {"config": str(args.model_dir or args.config), "image_size": args.image_size, "device": args.device,
+                       **compare_model_time(model_dir, files[0].parent, args.model_rounds, args.model_calls, args.device)}
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"summary": summary}, indent=2))
+        return 0
     if args.masks_only:
         masks = mask_section(args.mask_rounds)
         if args.json:
@@ -370,7 +424,7 @@ def main() -> int:
             timed(modes["jsonB"], [lambda b=b: client.post(b, "application/json") for b in pick(batches, r)[: max(1, n // args.batch)]])
 
         command_start = time.perf_counter()
-        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "SAGEMAKER_BASE_DIR": str(base)}
+        env = child_environ(SAGEMAKER_BASE_DIR=str(base))
         subprocess.run([sys.executable, "-m", "detector", "predict", *map(str, files)], env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         command_s = time.perf_counter() - command_start
@@ -379,11 +433,7 @@ def main() -> int:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
             server = None
-        precision_runs: dict[str, list[dict]] = {"DefaultPredictor": [], "fp32": [], "auto": []}
-        for round_number in range(args.model_rounds):
-            kinds = list(precision_runs) if round_number % 2 == 0 else list(reversed(precision_runs))
-            for kind in kinds:
-                precision_runs[kind].append(model_time(kind, base / "model", files[0].parent, args.model_calls))
+        model_times = compare_model_time(base / "model", files[0].parent, args.model_rounds, args.model_calls, args.device)
     finally:
         if server is not None:
             server.send_signal(signal.SIGTERM)
@@ -416,19 +466,7 @@ def main() -> int:
     print(f"serving overhead (serve c=1 p50 - raw p50): {summary['serving_overhead_p50_ms']:.1f} ms, "
           f"of which the front (serve c=1 p50 - direct p50): {summary['front_p50_ms']:.1f} ms")
     print(f"batched JSON vs one-image JSON, images/s: {summary['batch_vs_single_json_images_per_s']:.2f}x")
-    import statistics
-
-    reference = precision_runs["DefaultPredictor"][0]
-    d2_p50 = statistics.median(r["p50_ms"] for r in precision_runs["DefaultPredictor"])
-    print(f"\nmodel time, one image per call, p50 (median over {args.model_rounds} processes of {args.model_calls} calls):")
-    for kind, runs in precision_runs.items():
-        p50 = statistics.median(r["p50_ms"] for r in runs)
-        worst, unmatched = largest_box_difference(reference, runs[0])
-        label = "detectron2 DefaultPredictor, fp32" if kind == "DefaultPredictor" else f"Predictor, DETECTOR_PRECISION={kind}"
-        print(f"  {label:40} {p50:7.1f} ms  {p50 / d2_p50:5.2f}x DefaultPredictor's time; "
-              f"boxes (score >= 0.5) differ by at most {worst:.2f} px, {unmatched} unmatched")
-        summary[f"model_p50_ms_{kind}"] = round(p50, 2)
-    summary["model_time_ratio_auto_vs_default_predictor"] = round(summary["model_p50_ms_auto"] / d2_p50, 3)
+    summary.update(model_times)
     print(f"detector serve start-up to ready: {summary['serve_startup_to_ready_s']:.1f} s; "
           f"`detector predict` on {len(files)} images as a command: {command_s:.1f} s (includes start-up)")
     masks = mask_section(args.mask_rounds)

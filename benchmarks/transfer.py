@@ -23,11 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, child_environ  # noqa: E402 (benchmarks/ is sys.path[0] when a script runs)
+
 sys.path.insert(0, str(REPO / "src"))
 
 from detector.data.synthetic import generate_channels  # noqa: E402
-from detector.environment import TrainingLayout, environ_with, write_training_job  # noqa: E402
+from detector.environment import TrainingLayout, write_training_job  # noqa: E402
 
 TESTING_AP = re.compile(r"^testing_ap ([0-9.]+)$", re.M)
 # The second dataset's categories: other ids, other names, another order.
@@ -61,7 +62,7 @@ def train(base: Path, label: str) -> float:
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "detector", "train"],
-        env=environ_with({"SAGEMAKER_BASE_DIR": str(base), "PYTHONPATH": str(REPO / "src")}),
+        env=child_environ(SAGEMAKER_BASE_DIR=str(base)),
         capture_output=True, text=True,
     )
     output = result.stdout + result.stderr
@@ -79,6 +80,7 @@ def main() -> None:
     parser.add_argument("--source-iterations", type=int, default=300)
     parser.add_argument("--iterations", type=int, default=100, help="N: iterations on the second dataset")
     parser.add_argument("--images", type=int, default=128, help="training images per dataset")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="transfer-") as scratch:
@@ -102,6 +104,12 @@ def main() -> None:
     scratch_ap, tuned_ap = results["from scratch"], results["fine-tuned from the source model"]
     print(f"testing_ap after {args.iterations} iterations: from scratch {scratch_ap:.4f}, fine-tuned {tuned_ap:.4f} "
           f"(+{tuned_ap - scratch_ap:.4f})")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "source_iterations": args.source_iterations, "iterations": args.iterations, "images": args.images,
+            "testing_ap_from_scratch": scratch_ap, "testing_ap_fine_tuned": tuned_ap,
+        }, indent=2) + "\n")
 
 
 if __name__ == "__main__":
